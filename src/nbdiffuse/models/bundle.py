@@ -1,0 +1,69 @@
+"""A loaded model: the diffusers/transformers modules plus what the sampler needs to know about them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ModelBundle:
+    """Everything one Stable Diffusion checkpoint consists of, ready to sample.
+
+    ``arch`` is ``"sd1"``, ``"sd2"`` or ``"sdxl"``; ``prediction_type`` is ``"epsilon"`` or ``"v_prediction"``;
+    ``alphas_cumprod`` is the float32 training noise schedule (1000 entries for SD). ``text_encoders`` and
+    ``tokenizers`` are parallel lists: one CLIP encoder for SD1/SD2, two (CLIP-L, OpenCLIP-bigG) for SDXL.
+    """
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoders: list
+    tokenizers: list
+    arch: str
+    prediction_type: str
+    alphas_cumprod: torch.Tensor
+    name: str = "model"
+    path: str | None = None
+    hash: str | None = None  # A1111 "Model hash": first 10 hex of the file's sha256
+    info: dict = field(default_factory=dict)  # what the loader found and how long each stage took
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """The model's discrete sigmas, ascending (k-diffusion's ``DiscreteSchedule.sigmas``)."""
+        return ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def to(self, device=None, dtype=None) -> ModelBundle:
+        for module in [self.unet, self.vae, *self.text_encoders]:
+            param = next(module.parameters())
+            kwargs = {}
+            if device is not None and param.device != torch.device(device):
+                kwargs["device"] = device
+            if dtype is not None and param.dtype != dtype:
+                kwargs["dtype"] = dtype
+            if kwargs:
+                module.to(**kwargs)
+        return self
+
+
+def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012,
+                                 steps: int = 1000) -> torch.Tensor:
+    """SD's training schedule: betas linear in sqrt space ("scaled_linear"), as float32 alphas_cumprod."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
