@@ -1,0 +1,141 @@
+"""A1111 infotext, public side: read, write, and turn into generation parameters.
+
+>>> from nbdiffuse import infotext
+>>> params = infotext.to_params(infotext.read_png("00012-1957970079.png"))  # doctest: +SKIP
+>>> session.txt2img(**params)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .io.infotext import build_fields, format, parse, png_info, read_png
+
+__all__ = ["build_fields", "format", "parse", "png_info", "read_png", "to_params"]
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes", "on")
+    return bool(v)
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, str):
+        v = v.strip()
+        try:
+            return int(v)
+        except ValueError:
+            return int(float(v))
+    return int(v)
+
+
+def _float(v: Any) -> float:
+    return float(v.strip() if isinstance(v, str) else v)
+
+
+def _str(v: Any) -> str:
+    return str(v)
+
+
+def _styles(v: Any) -> list[str]:
+    if isinstance(v, str):
+        v = json.loads(v)
+    return [str(s) for s in v]
+
+
+# infotext key -> (API field, converter). "Eta" is listed after "Eta DDIM" so it wins when both appear.
+_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "Prompt": ("prompt", _str),
+    "Negative prompt": ("negative_prompt", _str),
+    "Steps": ("steps", _int),
+    "CFG scale": ("cfg_scale", _float),
+    "Seed": ("seed", _int),
+    "Variation seed": ("subseed", _int),
+    "Variation seed strength": ("subseed_strength", _float),
+    "Seed resize from-1": ("seed_resize_from_w", _int),
+    "Seed resize from-2": ("seed_resize_from_h", _int),
+    "Size-1": ("width", _int),
+    "Size-2": ("height", _int),
+    "Denoising strength": ("denoising_strength", _float),
+    "Clip skip": ("clip_skip", _int),
+    "Eta DDIM": ("eta", _float),
+    "Eta": ("eta", _float),
+    "Sigma churn": ("s_churn", _float),
+    "Sigma tmin": ("s_tmin", _float),
+    "Sigma tmax": ("s_tmax", _float),
+    "Sigma noise": ("s_noise", _float),
+    "Hires upscale": ("hr_scale", _float),
+    "Hires resize-1": ("hr_resize_x", _int),
+    "Hires resize-2": ("hr_resize_y", _int),
+    "Hires steps": ("hr_second_pass_steps", _int),
+    "Hires upscaler": ("hr_upscaler", _str),
+    "Hires prompt": ("hr_prompt", _str),
+    "Hires negative prompt": ("hr_negative_prompt", _str),
+    "Extra noise": ("extra_noise", _float),
+    "Tiling": ("tiling", _bool),
+    "Styles array": ("styles", _styles),
+}
+
+
+def _sampler_and_scheduler(name: str, schedule: Any) -> tuple[str, str]:
+    """``("DPM++ 2M Karras", None)`` -> ``("DPM++ 2M", "Automatic")`` (Karras is its default);
+    an explicit schedule type wins; unknown samplers are kept as given."""
+    from .sampling.registry import SAMPLERS, resolve_sampler
+
+    explicit = str(schedule).strip() if schedule not in (None, "") else None
+    try:
+        sampler, glued = resolve_sampler(name)
+    except ValueError:
+        return name, explicit or "Automatic"
+    if explicit is not None:
+        return sampler, explicit
+    if glued is None or glued == SAMPLERS[sampler].default_scheduler:
+        return sampler, "Automatic"
+    return sampler, glued
+
+
+def to_params(text_or_dict: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Map an infotext (text, or :func:`parse`'s dict) onto ``Session.txt2img`` / A1111 API fields.
+
+    Only keys present in the infotext appear in the result (plus ``scheduler`` with a sampler and
+    ``enable_hr`` with hires keys). Values are converted to int/float/bool/list; keys the API has no
+    field for (Model, Model hash, Version, Lora hashes, ...) are left out.
+    Raises ``ValueError`` for a value that cannot be converted (``Steps: many``).
+    """
+    res = parse(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
+    # A parsed dict from elsewhere may hold "Size: 512x768" without the split keys.
+    for key in ("Size", "Seed resize from", "Hires resize"):
+        value = res.get(key)
+        if isinstance(value, str) and f"{key}-1" not in res:
+            w, sep, h = value.strip().partition("x")
+            if sep and w.isdigit() and h.isdigit():
+                res[f"{key}-1"], res[f"{key}-2"] = w, h
+
+    params: dict[str, Any] = {}
+    for key, (name, convert) in _FIELDS.items():
+        if key in res and res[key] is not None:
+            try:
+                params[name] = convert(res[key])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"Infotext {key}: {res[key]!r} is not a valid value for {name}.") from e
+
+    if res.get("Sampler"):
+        params["sampler_name"], params["scheduler"] = _sampler_and_scheduler(
+            str(res["Sampler"]).strip(), res.get("Schedule type"))
+    elif res.get("Schedule type"):
+        params["scheduler"] = str(res["Schedule type"]).strip()
+
+    hr_sampler = res.get("Hires sampler")
+    hr_schedule = res.get("Hires schedule type")
+    if hr_sampler and str(hr_sampler).strip() != "Use same sampler":
+        params["hr_sampler_name"], params["hr_scheduler"] = _sampler_and_scheduler(
+            str(hr_sampler).strip(), hr_schedule)
+    elif hr_schedule and str(hr_schedule).strip() != "Use same scheduler":
+        params["hr_scheduler"] = str(hr_schedule).strip()
+
+    if "hr_scale" in params or "hr_resize_x" in params or "hr_resize_y" in params:
+        params["enable_hr"] = True
+    return params
