@@ -1,0 +1,73 @@
+"""What a job returns: images, infotexts, seeds, latents, parameters and timings; shows itself in a notebook."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .params import GenerationParams
+
+
+@dataclass
+class Result:
+    """Images of one job with everything needed to reproduce each of them.
+
+    ``infotexts[i]`` is image ``i``'s A1111 parameters text (also in its PNG); ``seeds``/``subseeds`` are per image;
+    ``latents`` are the final latents ``(N, C, H/8, W/8)`` on the CPU; ``paths`` where the images were saved
+    (``None`` when saving is off); ``interrupted`` tells whether the job was stopped early, and ``warnings`` says
+    anything the user should know about these images (NaNs recovered, ignored prompt tags, ...).
+    """
+
+    images: list[Image.Image]
+    infotexts: list[str]
+    seeds: list[int]
+    subseeds: list[int]
+    latents: torch.Tensor
+    params: GenerationParams
+    timings: dict = field(default_factory=dict)
+    paths: list[Path | None] = field(default_factory=list)
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image(self) -> Image.Image:
+        """The first image."""
+        return self.images[0]
+
+    @property
+    def info(self) -> str:
+        """A1111's "Time taken" line (plus the CUDA memory line when it ran on a GPU)."""
+        line = f"Time taken: {self.timings.get('total_s', 0.0):.1f} sec."
+        if "memory" in self.timings:
+            line += f"\n{self.timings['memory']}"
+        return line
+
+    def _repr_html_(self) -> str:
+        cells = []
+        for image, text in zip(self.images, self.infotexts):
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            data = base64.b64encode(buf.getvalue()).decode("ascii")
+            width = max(image.width, 256)
+            cells.append(
+                f'<figure style="display:inline-block;margin:4px;vertical-align:top;max-width:{width}px">'
+                f'<img src="data:image/png;base64,{data}" style="image-rendering:pixelated;min-width:128px" '
+                f'width="{max(image.width, 128)}"/><figcaption><pre style="white-space:pre-wrap;font-size:11px">'
+                f"{html.escape(text)}</pre></figcaption></figure>")
+        status = " (interrupted)" if self.interrupted else ""
+        warn = "".join(f'<div style="color:#b45309">&#9888; {html.escape(w)}</div>' for w in self.warnings)
+        return (f"<div><b>{len(self.images)} image(s){status}</b> · {html.escape(self.info)}{warn}"
+                f"<div>{''.join(cells)}</div></div>")
+
+    def __repr__(self) -> str:
+        status = ", interrupted" if self.interrupted else ""
+        return f"Result({len(self.images)} images, seeds {self.seeds}{status})"

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+
+from nbdiffuse.jobs.params import GenerationParams
+
+
+def make(**kw):
+    return GenerationParams.from_kwargs(**kw)
+
+
+def test_defaults_are_a1111s():
+    p = make()
+    assert (p.steps, p.sampler_name, p.scheduler, p.cfg_scale, p.width, p.height) == (20, "DPM++ 2M", "Automatic",
+                                                                                       7.0, 512, 512)
+    assert p.scheduler_used == "Karras"
+    assert math.isinf(p.s_tmax)
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("width", 500, "width=500 is not valid: it must be a multiple of 8"),
+    ("height", 32, "height=32"),
+    ("steps", 0, "steps=0"),
+    ("batch_size", 0, "batch_size=0"),
+    ("subseed_strength", 1.5, "between 0 and 1"),
+    ("cfg_scale", float("nan"), "cfg_scale=nan"),
+    ("steps", 2.5, "an integer"),
+    ("clip_skip", 0, "clip_skip=0"),
+])
+def test_invalid_values_name_the_field_and_the_rule(field, value, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
+        make(**{field: value})
+
+
+def test_size_error_suggests_the_nearest_valid_size():
+    with pytest.raises(ValueError, match="try 504"):
+        make(width=503)
+
+
+def test_unknown_sampler_lists_close_matches():
+    with pytest.raises(ValueError, match=r"Did you mean 'DPM\+\+ 2M'"):
+        make(sampler_name="DPM++ 2N")
+
+
+def test_unknown_field_is_refused_with_suggestion():
+    with pytest.raises(TypeError, match="Did you mean 'cfg_scale'"):
+        make(cfg_scal=7)
+
+
+def test_a1111_payload_fields_at_default_are_accepted_and_others_refused():
+    p = make(prompt="x", restore_faces=False, send_images=True, save_images=False, override_settings={})
+    assert p.prompt == "x"
+    with pytest.raises(ValueError, match="restore_faces=True is an A1111 field that nbdiffuse does not support"):
+        make(restore_faces=True)
+
+
+@pytest.mark.parametrize("name,sampler,scheduler", [
+    ("DPM++ 2M Karras", "DPM++ 2M", "Automatic"),
+    ("DPM++ 2M Exponential", "DPM++ 2M", "Exponential"),
+    ("Euler a Karras", "Euler a", "Karras"),
+    ("k_euler_a", "Euler a", "Automatic"),
+    ("dpm++ 2m sde", "DPM++ 2M SDE", "Automatic"),
+])
+def test_old_combined_names_and_aliases_resolve(name, sampler, scheduler):
+    p = make(sampler_name=name)
+    assert (p.sampler_name, p.scheduler) == (sampler, scheduler)
+
+
+def test_scheduler_api_names_resolve_to_labels():
+    assert make(scheduler="karras").scheduler == "Karras"
+    assert make(scheduler="sgm_uniform").scheduler == "SGM Uniform"
+    with pytest.raises(ValueError, match="scheduler"):
+        make(scheduler="karass")
+
+
+def test_batch_that_cannot_fit_is_refused_before_work():
+    with pytest.raises(ValueError, match="use n_iter"):
+        make(width=4096, height=4096, batch_size=8)
+
+
+def test_to_dict_round_trips():
+    p = make(prompt="a", seed=3, sampler_name="Euler a", steps=7)
+    assert GenerationParams.from_kwargs(**p.to_dict()) == p
