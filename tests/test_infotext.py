@@ -329,9 +329,15 @@ def test_to_params_all_fields(registry):
 
 
 def test_to_params_styles_and_dicts():
-    assert it.to_params({"Styles array": '["a", "b"]'})["styles"] == ["a", "b"]
-    assert it.to_params({"Styles array": ["a"], "Size": "64x32"}) == {"styles": ["a"], "width": 64,
-                                                                       "height": 32}
+    from nbdiffuse.prompts.parser import Style
+
+    # Without the styles database the (already styled) prompt is kept and the names are dropped ...
+    assert it.to_params({"Styles array": ["a"], "Size": "64x32"}) == {"width": 64, "height": 32}
+    # ... with it, the styles are taken back out of the prompts, as A1111's paste does.
+    db = {"a": Style("a", "{prompt}, oil painting", "blurry"), "b": Style("b", "dark")}
+    text = 'a cat, oil painting, dark\nNegative prompt: blurry\nSteps: 1, Seed: 2, Styles array: "[\\"a\\", \\"b\\"]"'
+    params = it.to_params(text, styles=db)
+    assert (params["styles"], params["prompt"], params["negative_prompt"]) == (["a", "b"], "a cat", "")
     with pytest.raises(ValueError, match="Steps"):
         it.to_params({"Steps": "many"})
 

@@ -97,13 +97,18 @@ def _sampler_and_scheduler(name: str, schedule: Any) -> tuple[str, str]:
     return sampler, glued
 
 
-def to_params(text_or_dict: str | Mapping[str, Any]) -> dict[str, Any]:
+def to_params(text_or_dict: str | Mapping[str, Any], styles: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Map an infotext (text, or :func:`parse`'s dict) onto ``Session.txt2img`` / A1111 API fields.
 
     Only keys present in the infotext appear in the result (plus ``scheduler`` with a sampler and
     ``enable_hr`` with hires keys). Values are converted to int/float/bool/list; keys the API has no
     field for (Model, Model hash, Version, Lora hashes, ...) are left out.
     Raises ``ValueError`` for a value that cannot be converted (``Steps: many``).
+
+    The prompt in an infotext already has its styles applied. With ``styles`` (a name -> Style mapping,
+    e.g. ``session.styles``) the styles named in ``Styles array`` are taken back out of the prompts, as A1111's
+    paste does, and returned in ``styles``; without it ``styles`` is left out, so the styled prompt alone
+    reproduces the image.
     """
     res = parse(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
     # A parsed dict from elsewhere may hold "Size: 512x768" without the split keys.
@@ -138,4 +143,12 @@ def to_params(text_or_dict: str | Mapping[str, Any]) -> dict[str, Any]:
 
     if "hr_scale" in params or "hr_resize_x" in params or "hr_resize_y" in params:
         params["enable_hr"] = True
+    named = params.pop("styles", None)
+    if named and styles is not None:
+        from .prompts.parser import extract_styles
+
+        found, prompt, negative = extract_styles(params.get("prompt", ""), params.get("negative_prompt", ""),
+                                                 {k: v for k, v in styles.items() if k in named})
+        if found:
+            params["styles"], params["prompt"], params["negative_prompt"] = found, prompt, negative
     return params

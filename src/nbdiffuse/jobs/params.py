@@ -22,7 +22,7 @@ _IGNORED_AT_DEFAULT = {
     "override_settings_restore_afterwards": (True, False), "sampler_index": (None,), "comments": ({}, None),
     "disable_extra_networks": (False,), "firstpass_image": (None,), "infotext": (None,),
     "refiner_checkpoint": (None, ""), "refiner_switch_at": (None, 0), "force_task_id": (None,),
-    "enable_hr": (False,), "tiling": (False,), "styles": ([], None, ()), "denoising_strength": (None, 0, 0.0, 0.7),
+    "enable_hr": (False,), "tiling": (False,), "denoising_strength": (None, 0, 0.0, 0.7),
     "firstphase_width": (0,), "firstphase_height": (0,), "hr_scale": (2.0, 2), "hr_upscaler": (None, "Latent"),
     "hr_second_pass_steps": (0,), "hr_resize_x": (0,), "hr_resize_y": (0,), "hr_checkpoint_name": (None,),
     "hr_sampler_name": (None,), "hr_scheduler": (None,), "hr_prompt": ("",), "hr_negative_prompt": ("",),
@@ -56,10 +56,14 @@ class GenerationParams:
     s_tmax: float = math.inf
     s_noise: float = 1.0
     clip_skip: int = 1
+    styles: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         _check(isinstance(self.prompt, str), "prompt", self.prompt, "a string")
+        styles = (self.styles,) if isinstance(self.styles, str) else tuple(self.styles or ())
+        _check(all(isinstance(s, str) for s in styles), "styles", self.styles, "a list of style names")
+        object.__setattr__(self, "styles", styles)
         _check(isinstance(self.negative_prompt, str), "negative_prompt", self.negative_prompt, "a string")
         for name in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "clip_skip",
                      "seed_resize_from_w", "seed_resize_from_h"):
@@ -138,6 +142,7 @@ class GenerationParams:
     def to_dict(self) -> dict:
         """The A1111 API payload of these parameters (``txt2img(**p.to_dict())`` rebuilds them)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        out["styles"] = list(self.styles)
         return out
 
 

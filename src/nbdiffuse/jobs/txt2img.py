@@ -8,10 +8,11 @@ generation is the same generator driven with ``next()``.
 from __future__ import annotations
 
 import inspect
+import json
 import threading
 import time
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..io.infotext import build_fields
 from ..io.infotext import format as format_infotext
 from ..io.outputs import save_image
 from ..prompts.conditioning import TextEncoder
-from ..prompts.parser import extract_extra_networks
+from ..prompts.parser import Style, apply_styles, extract_extra_networks
 from ..sampling.base import StepState
 from ..sampling.denoiser import Denoiser
 from ..sampling.guidance import CFGDenoiser
@@ -83,9 +84,20 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
     for name, key in keys.items():
         if name in accepted and getattr(p, name) != defaults[name]:
             extra[key] = getattr(p, name)
+    if p.styles:
+        extra["Styles array"] = json.dumps(list(p.styles), ensure_ascii=False)
     extra["RNG"] = "CPU"  # A1111's default draws noise on the GPU; ours is CPU noise, named so A1111 can match it
     extra["Version"] = f"nbdiffuse {__version__}"
     return build_fields(core, extra)
+
+
+def apply_styled(p: GenerationParams, styles: Mapping[str, Style]) -> tuple[str, str]:
+    """The prompt and negative prompt with ``p.styles`` applied (unknown names fail before any work)."""
+    unknown = [name for name in p.styles if name not in styles]
+    if unknown:
+        known = ", ".join(styles) or "none loaded (session.load_styles(path) reads an A1111 styles.csv)"
+        raise ValueError(f"styles: unknown style(s) {', '.join(map(repr, unknown))}; available: {known}")
+    return apply_styles(p.prompt, p.negative_prompt, list(p.styles), styles)
 
 
 @torch.no_grad()
@@ -115,7 +127,8 @@ def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image
 
 def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: Sequence[Hook] = (),
                   control: JobControl | None = None, outputs_dir: str | Path | None = None,
-                  progress: Callable[[StepState], None] | None = None) -> Generator[StepState, None, Result]:
+                  progress: Callable[[StepState], None] | None = None,
+                  styles: Mapping[str, Style] | None = None) -> Generator[StepState, None, Result]:
     """Run txt2img for ``p`` on ``bundle``: yields every step, returns the :class:`Result`."""
     control = control or JobControl()
     start = time.perf_counter()
@@ -125,8 +138,9 @@ def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: S
     options = {**spec.options, **sampler_options(p, spec.func)}
     device = bundle.device
 
-    prompt, networks = extract_extra_networks(p.prompt)
-    negative, neg_networks = extract_extra_networks(p.negative_prompt)
+    styled_prompt, styled_negative = apply_styled(p, styles or {})
+    prompt, networks = extract_extra_networks(styled_prompt)
+    negative, neg_networks = extract_extra_networks(styled_negative)
     if networks or neg_networks:
         names = ", ".join(f"<{n.kind}:{n.name}>" for n in [*networks, *neg_networks])
         notes.append(f"Extra-network tags are not applied yet and were removed from the prompt: {names}")
@@ -218,7 +232,7 @@ def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: S
         timings["decode_s"] += time.perf_counter() - t
         for i, image in enumerate(batch_images):
             fields = infotext_fields(p, bundle, seeds[i], subseeds[i], spec.func)
-            text = format_infotext(p.prompt, p.negative_prompt, fields)
+            text = format_infotext(styled_prompt, styled_negative, fields)
             t = time.perf_counter()
             path = None
             if outputs_dir is not None:

@@ -68,7 +68,8 @@ def tokenize_chunks(text: str, tokenizer, emphasis: str = "Original",
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     parsed = parse_attention(text) if emphasis != "None" else [(text, 1.0)]
-    tokenized = tokenizer([t for t, _ in parsed], truncation=False, add_special_tokens=False)["input_ids"]
+    tokenized = tokenizer([t for t, _ in parsed], truncation=False, add_special_tokens=False,
+                          verbose=False)["input_ids"]
     chunks: list[PromptChunk] = []
     chunk = PromptChunk()
     count = 0
