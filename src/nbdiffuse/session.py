@@ -76,7 +76,11 @@ class Session:
     """
 
     def __init__(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 outputs_dir: str | Path | None = "outputs", progress: bool = True):
+                 outputs_dir: str | Path | None = "outputs", progress: bool = True,
+                 models_dir: str | Path | None = None):
+        self.models_dir = Path(models_dir).expanduser() if models_dir is not None else None
+        self._folders = None
+        self._original_vae = None  # the checkpoint's own VAE while load_vae() has swapped in another
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype if dtype is not None else default_dtype(self.device)
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
@@ -88,27 +92,110 @@ class Session:
         self._control = JobControl()
 
     # models -----------------------------------------------------------------------------------------------
-    def load(self, model: str | Path | ModelBundle) -> ModelBundle:
-        """Load a model (a diffusers folder or an already built :class:`ModelBundle`) and make it current.
+    @property
+    def folders(self):
+        """The :class:`~nbdiffuse.models.folders.ModelFolders` of ``models_dir`` (``None`` without one)."""
+        if self.models_dir is None:
+            return None
+        if self._folders is None:
+            from .models.folders import ModelFolders
 
-        The previous model stays loaded and usable if this one fails to load; on success it is freed.
+            self._folders = ModelFolders(self.models_dir)
+        return self._folders
+
+    def models(self) -> dict[str, list[str]]:
+        """What the model folders hold, per kind (``checkpoints``, ``loras``, ``vae``, ``embeddings``,
+        ``upscalers``): names usable with :meth:`load`/:meth:`load_vae`. Empty lists without ``models_dir``."""
+        from .models.folders import LAYOUTS
+
+        if self.folders is None:
+            return {kind: [] for kind in LAYOUTS}
+        return self.folders.all()
+
+    def _resolve(self, model, kind: str) -> Path | str:
+        """A path for ``model``: an existing file/folder, or a name in the ``kind`` model folder."""
+        from .models.errors import ModelLoadError
+
+        path = Path(model).expanduser()
+        if path.exists():
+            return path
+        if self.folders is not None:
+            return self.folders.find(kind, str(model))
+        raise ModelLoadError(model, "no such file or folder" + ("" if path.is_absolute() else
+                                    " (and no models_dir is configured to look the name up in)"))
+
+    def load(self, model: str | Path | ModelBundle, *, hash: bool = True) -> ModelBundle:
+        """Load a model and make it current: a :class:`ModelBundle`, a single-file checkpoint (``.safetensors``;
+        ``.ckpt``/``.pt`` through ``torch.load(weights_only=True)`` only), a diffusers folder, a name in the
+        checkpoints folder of ``models_dir`` (A1111 ``models/Stable-diffusion`` or ComfyUI ``models/checkpoints``),
+        or ``"toy"`` (the embedded toy model). ``hash=False`` skips the (cached) ``Model hash``.
+
+        Any problem with the file raises :class:`~nbdiffuse.models.errors.ModelLoadError` (a ``ValueError``) that
+        names it, and the previous model stays loaded and usable: single files are fully validated before the
+        previous model is touched. On success the previous model is freed. On CUDA, the previous model is released
+        after validation and before the new weights are materialised, so two models never share the GPU.
         """
+        from .models.errors import ModelLoadError
+
         if isinstance(model, ModelBundle):
             bundle = model
+        elif isinstance(model, str) and model == "toy" and not Path(model).exists():
+            try:
+                from .toy import load_toy
+            except ImportError as e:
+                raise ModelLoadError("toy", f"the embedded toy model is not available in this install ({e})") from e
+            try:
+                bundle = load_toy(device=self.device, dtype=self.dtype)
+            except (OSError, ValueError) as e:
+                raise ModelLoadError("toy", str(e)) from e
         else:
-            from .models.loading import load_diffusers_folder
+            path = self._resolve(model, "checkpoints")
+            if path.is_dir():
+                from .models.loading import load_diffusers_folder
 
-            bundle = load_diffusers_folder(model, device=self.device, dtype=self.dtype)
+                try:
+                    bundle = load_diffusers_folder(path, device=self.device, dtype=self.dtype)
+                except ModelLoadError:
+                    raise
+                except (OSError, ValueError) as e:
+                    raise ModelLoadError(path, str(e).removeprefix(f"{path}: ")) from e
+            else:
+                from .models.checkpoint import inspect_checkpoint, load_checkpoint
+
+                plan = inspect_checkpoint(path)  # raises ModelLoadError; the current model is untouched
+                if self.device.type != "cpu":
+                    self.unload()
+                bundle = load_checkpoint(path, device=self.device, dtype=self.dtype, hash=hash, plan=plan)
         bundle.to(self.device, self.dtype)
         self.unload()
         self.model = bundle
         self.encoder = TextEncoder(bundle)
         return bundle
 
+    def load_vae(self, vae: str | Path | torch.nn.Module | None) -> ModelBundle:
+        """Use another VAE with the current model: a VAE file (LDM or diffusers layout), a name in the VAE
+        folder of ``models_dir``, an ``AutoencoderKL``, or ``None`` for the checkpoint's own VAE again."""
+        from .models.checkpoint import load_vae, swap_vae
+
+        bundle = self._require_model()
+        if vae is None:
+            if self._original_vae is not None:
+                swap_vae(bundle, self._original_vae)
+                bundle.info["vae"] = "checkpoint"
+                self._original_vae = None
+            return bundle
+        if not isinstance(vae, torch.nn.Module):
+            vae = load_vae(self._resolve(vae, "vae"), device=self.device, dtype=self.dtype)
+        old = swap_vae(bundle, vae)
+        if self._original_vae is None:
+            self._original_vae = old
+        return bundle
+
     def unload(self) -> None:
         """Free the current model."""
         self.model = None
         self.encoder = None
+        self._original_vae = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -133,7 +220,7 @@ class Session:
         self._control.skip.clear()
         all_hooks = [*self.hooks, *(hooks or [])]
         return p, txt2img_steps(bundle, p, self.encoder, hooks=all_hooks, control=self._control,
-                                outputs_dir=self.outputs_dir)
+                                outputs_dir=self.outputs_dir, styles=self.styles)
 
     def txt2img(self, *, hooks: Sequence[Hook] | None = None, **params) -> Result:
         """Generate images from text. Parameters are A1111's API fields (``prompt``, ``steps``, ``seed``, ...)."""
@@ -168,6 +255,89 @@ class Session:
     def skip(self) -> None:
         """Finish the current batch after its current step and go on with the next ``n_iter`` batch."""
         self._control.skip.set()
+
+    # styles -----------------------------------------------------------------------------------------------
+    _styles: dict | None = None
+
+    @property
+    def styles(self) -> dict:
+        """Prompt styles by name (A1111 ``styles.csv``), used by the ``styles=[...]`` parameter."""
+        if self._styles is None:
+            self._styles = {}
+        return self._styles
+
+    def load_styles(self, path: str | Path) -> dict:
+        """Read an A1111 ``styles.csv`` (UTF-8 with BOM; name, prompt, negative_prompt) into ``session.styles``."""
+        from .prompts.parser import load_styles
+
+        self.styles.update(load_styles(path))
+        return self.styles
+
+    # grids ------------------------------------------------------------------------------------------------
+    def plan_xyz(self, x=None, y=None, z=None, *, limit_mp: float | None = 200.0, estimate: bool = True,
+                 **params):
+        """Plan an X/Y/Z grid without generating: cells, image count, final sizes, grid pixels, time estimate.
+
+        Refuses (``ValueError``, before any model call) a grid over ``limit_mp`` megapixels, saying how to fix it.
+        """
+        from .jobs.xyz import plan_xyz
+
+        names = self._model_names()
+        plan = plan_xyz(x, y, z, limit_mp=limit_mp, checkpoints=names.get("checkpoints"),
+                        vaes=names.get("vae"), **params)
+        if estimate and self.model is not None:
+            plan.seconds_estimate = self._estimate_seconds(plan)
+        return plan
+
+    def xyz(self, x=None, y=None, z=None, *, limit_mp: float | None = 200.0, save_grid: bool = True,
+            show: bool = True, **params):
+        """Run an X/Y/Z grid: axes are ``(A1111 axis name, "value, string")`` or ``(name, [values])``.
+
+        >>> grid = session.xyz(x=("Sampler", "Euler a, DPM++ 2M"), y=("CFG Scale", "3-9 (+3)"), prompt="a cat")
+        ...                                                                      # doctest: +SKIP
+        The grid shows inline and fills in cell by cell; an interrupted grid keeps its cells and can ``resume()``.
+        """
+        from .jobs.xyz import run_xyz
+
+        self._require_model()
+        plan = self.plan_xyz(x, y, z, limit_mp=limit_mp if save_grid else None, estimate=False, **params)
+        return run_xyz(self, plan, save_grid=save_grid, show=show)
+
+    def _model_names(self) -> dict:
+        models = getattr(self, "models", None)
+        if models is None:
+            return {}
+        try:
+            listing = models()
+        except Exception:  # no models folder configured
+            return {}
+        return {kind: [getattr(m, "name", str(m)) for m in entries] for kind, entries in dict(listing).items()}
+
+    def _estimate_seconds(self, plan) -> float:
+        """Time one short generation at the first cell's size and scale it to every cell's model calls."""
+        import time
+
+        from .sampling.registry import SAMPLERS
+
+        first = {k: v for k, v in next(iter(plan.cells.values())).items() if k != "_load"}
+        probe = {**first, "steps": 2, "n_iter": 1, "enable_hr": False}
+        saved, self.outputs_dir = self.outputs_dir, None
+        progress, self.progress = self.progress, False
+        try:
+            t = time.perf_counter()
+            r = self.txt2img(**probe)
+            elapsed = time.perf_counter() - t
+        finally:
+            self.outputs_dir, self.progress = saved, progress
+        per_call = r.timings["sample_s"] / max(r.timings["model_calls"], 1)
+        fixed = max(elapsed - r.timings["sample_s"], 0.0)
+        pixels = probe.get("width", 512) * probe.get("height", 512)
+        total = 0.0
+        for cell in plan.cells.values():
+            p = GenerationParams.from_kwargs(**{k: v for k, v in cell.items() if k != "_load"})
+            calls = p.steps * (2 if SAMPLERS[p.sampler_name].second_order else 1)
+            total += (calls * per_call * p.width * p.height / pixels + fixed) * p.n_iter
+        return total
 
     def __repr__(self) -> str:
         model = self.model.name if self.model is not None else "no model"

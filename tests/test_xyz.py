@@ -1,0 +1,141 @@
+"""X/Y/Z plots: A1111's value syntax, the plan made before any model call, the grid run, interruption."""
+
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nbdiffuse.io.grid import draw_grid, label_font
+from nbdiffuse.jobs.xyz import expand_floats, expand_ints, final_size, plan_xyz, split_values
+
+BASE = dict(prompt="a red circle", negative_prompt="", steps=3, width=64, height=64, seed=5)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("1, 2, 3", [1, 2, 3]),
+    ("1-5", [1, 2, 3, 4, 5]),
+    ("1-5 (+2)", [1, 3, 5]),
+    ("10-1 (-3)", [10, 7, 4]),  # A1111: range(start, end + 1, step), so a falling range stops short
+    ("1-10 [4]", [1, 4, 7, 10]),
+    ("1-3, 7, 9-10", [1, 2, 3, 7, 9, 10]),
+])
+def test_int_values_follow_a1111_ranges(text, expected):
+    assert expand_ints(split_values(text)) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0.5, 1.5", [0.5, 1.5]),
+    ("1-2", [1.0, 2.0]),
+    ("0.5-1.5 (+0.5)", [0.5, 1.0, 1.5]),
+    ("1-2 [3]", [1.0, 1.5, 2.0]),
+    ("3-9 (+3)", [3.0, 6.0, 9.0]),
+])
+def test_float_values_follow_a1111_ranges(text, expected):
+    assert expand_floats(split_values(text)) == pytest.approx(expected)
+
+
+def test_quoted_values_keep_their_commas():
+    assert split_values('"a, b", c, "d"') == ["a, b", "c", "d"]
+
+
+def test_plan_counts_images_and_grid_size():
+    plan = plan_xyz(("Sampler", "Euler a, DPM++ 2M, DDIM"), ("CFG Scale", "3-9 (+3)"), **BASE, batch_size=2)
+    assert len(plan.cells) == 9 and plan.count == 18
+    assert plan.cells[(1, 2, 0)]["sampler_name"] == "DPM++ 2M" and plan.cells[(1, 2, 0)]["cfg_scale"] == 9.0
+    w, h = plan.grid_sizes[0]
+    assert w >= 3 * 64 and h >= 3 * 64
+
+
+def test_plan_counts_hires_and_size_axes_unlike_a1111():
+    plan = plan_xyz(("Size", "64x64, 128x96"), None, **{**BASE, "enable_hr": True, "hr_scale": 2.0})
+    assert plan.sizes[(0, 0, 0)] == (128, 128) and plan.sizes[(1, 0, 0)] == (256, 192)
+    assert final_size({"width": 512, "height": 512, "enable_hr": True, "hr_resize_x": 1920, "hr_resize_y": 1080}) \
+        == (1920, 1080)
+    assert final_size({"width": 512, "height": 768, "enable_hr": True, "hr_resize_x": 1024}) == (1024, 1536)
+
+
+def test_too_large_grid_is_refused_before_any_model_call_with_the_fix(session):
+    calls = []
+    session.hooks.append(lambda s: calls.append(1))
+    with pytest.raises(ValueError, match=r"Nothing was generated.*split by Z"):
+        session.xyz(("Seed", "1-10"), ("Steps", "1-10"), ("CFG Scale", "1-3"),
+                    **{**BASE, "width": 1024, "height": 1024}, limit_mp=200)
+    assert calls == []
+
+
+def test_unknown_axis_and_bad_values_fail_at_once_naming_them():
+    with pytest.raises(ValueError, match=r"Unknown axis type 'Sampelr'.*Did you mean 'Sampler'"):
+        plan_xyz(("Sampelr", "Euler"), None, **BASE)
+    with pytest.raises(ValueError, match="Axis 'Steps'"):
+        plan_xyz(("Steps", "a, b"), None, **BASE)
+    with pytest.raises(ValueError, match="Unknown sampler"):
+        plan_xyz(("Sampler", "Euler, Eulr"), None, **BASE)
+    with pytest.raises(ValueError, match=r"Grid cell \(Steps: 0\)"):
+        plan_xyz(("Steps", "0, 1"), None, **BASE)
+
+
+def test_prompt_search_replace_and_order():
+    plan = plan_xyz(("Prompt S/R", "red, blue, <lora:x:0.5> red"), None, **BASE)
+    assert [plan.cells[(i, 0, 0)]["prompt"] for i in range(3)] == [
+        "a red circle", "a blue circle", "a <lora:x:0.5> red circle"]
+    with pytest.raises(ValueError, match="neither the prompt"):
+        plan_xyz(("Prompt S/R", "green, blue"), None, **BASE)
+    order = plan_xyz(("Prompt order", "red, circle"), None, **BASE)
+    assert [order.cells[(i, 0, 0)]["prompt"] for i in range(2)] == ["a red circle", "a circle red"]
+
+
+def test_costly_axes_iterate_outermost():
+    plan = plan_xyz(("Sampler", "Euler, DDIM"), ("Steps", "2, 3"), **BASE)
+    assert plan.order[:2] == [(0, 0, 0), (1, 0, 0)]  # x fastest, like A1111
+    with pytest.raises(ValueError, match="models folder"):
+        plan_xyz(("Checkpoint name", "a, b"), None, **BASE)
+    plan = plan_xyz(("Steps", "2, 3"), ("Checkpoint name", "a, b"), checkpoints=["a", "b"], **BASE)
+    assert [k[1] for k in plan.order] == [0, 0, 1, 1]  # checkpoint (y) changes least often
+
+
+def test_grid_cell_equals_plain_txt2img(session):
+    grid = session.xyz(("Sampler", "Euler a, DPM++ 2M"), ("CFG Scale", "3, 7"), **BASE)
+    assert grid.done == 4 and not grid.interrupted
+    cell = grid.cells[1][0][0]
+    plain = session.txt2img(**{**BASE, "sampler_name": "DPM++ 2M", "cfg_scale": 3.0})
+    assert np.array_equal(np.asarray(cell.images[0]), np.asarray(plain.images[0]))
+    assert grid.infotext == grid.cells[0][0][0].infotexts[0]
+    assert grid.grid.size == tuple(grid.plan.grid_sizes[0])
+    assert grid.paths and grid.paths[0].parent.parent.name == "txt2img-grids"
+
+
+def test_grid_reuses_prompt_encodings(session):
+    session.encoder.cache.clear()
+    before = session.encoder.calls
+    session.txt2img(**BASE)
+    one_job = session.encoder.calls - before
+    session.encoder.cache.clear()
+    before = session.encoder.calls
+    session.xyz(("Seed", "1, 2, 3"), ("CFG Scale", "3, 5"), **BASE)
+    assert session.encoder.calls - before == one_job  # six cells, one prompt: encoded once
+
+
+def test_interrupted_grid_keeps_finished_cells_and_resumes(session):
+    def hook(state):
+        if len(done) == 2 and state.i == 1:
+            session.interrupt()
+
+    done = []
+    session.hooks.append(lambda s: done.append(1) if s.i == s.total - 1 else None)
+    session.hooks.append(hook)
+    grid = session.xyz(("Seed", "1, 2, 3, 4"), None, **BASE)
+    assert grid.interrupted and grid.done == 2
+    assert grid.cells[0][0][0] is not None and grid.cells[3][0][0] is None
+    session.hooks.clear()
+    grid.resume()
+    assert not grid.interrupted and grid.done == 4
+
+
+def test_cjk_labels_render_or_warn_but_never_crash():
+    img = Image.new("RGB", (32, 32), (255, 0, 0))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        grid = draw_grid([[img, None]], ["Prompt S/R: 红色的圆", "x"], ["行 1"])
+    assert grid.size[0] >= 64
+    label_font("plain ascii", 12)
