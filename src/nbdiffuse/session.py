@@ -213,28 +213,26 @@ class Session:
         return count_tokens(prompt, tokenizer)
 
     # jobs -------------------------------------------------------------------------------------------------
-    def _job(self, params: dict, hooks: Sequence[Hook] | None):
-        p = GenerationParams.from_kwargs(**params)
+    def _start(self, hooks: Sequence[Hook] | None) -> tuple[ModelBundle, dict]:
+        """The loaded model and the job keywords every job takes; clears the stop flags."""
         bundle = self._require_model()
         self._control.interrupt.clear()
         self._control.skip.clear()
-        all_hooks = [*self.hooks, *(hooks or [])]
-        return p, txt2img_steps(bundle, p, self.encoder, hooks=all_hooks, control=self._control,
-                                outputs_dir=self.outputs_dir, styles=self.styles)
+        return bundle, dict(hooks=[*self.hooks, *(hooks or [])], control=self._control,
+                            outputs_dir=self.outputs_dir, styles=self.styles)
 
-    def txt2img(self, *, hooks: Sequence[Hook] | None = None, **params) -> Result:
-        """Generate images from text. Parameters are A1111's API fields (``prompt``, ``steps``, ``seed``, ...)."""
-        p, gen = self._job(params, hooks)
+    def _run(self, gen, total: int, desc: str) -> Result:
+        """Drive a job generator to its Result, with a progress bar when ``self.progress``."""
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=p.steps * p.n_iter, desc=p.sampler_name, leave=False)
+            bar = tqdm(total=total, desc=desc, leave=False)
         try:
             while True:
-                state = next(gen)
+                next(gen)
                 if bar is not None:
-                    bar.total = max(bar.total, state.total * p.n_iter)  # Restart/DPM adaptive step counts vary
+                    bar.total = max(bar.total, bar.n + 1)  # Restart/DPM adaptive step counts vary
                     bar.update(1)
         except StopIteration as stop:
             result = stop.value
@@ -244,9 +242,62 @@ class Session:
         self.last_result = result
         return result
 
-    def steps(self, *, hooks: Sequence[Hook] | None = None, **params) -> StepRun:
-        """A txt2img generation as a :class:`StepRun` you drive with ``next()``: no threads, no polling."""
-        return StepRun(self._job(params, hooks)[1])
+    def _txt2img_job(self, params: dict, hooks: Sequence[Hook] | None):
+        p = GenerationParams.from_kwargs(**params)
+        bundle, kw = self._start(hooks)
+        return p, txt2img_steps(bundle, p, self.encoder, **kw)
+
+    def _img2img_job(self, init_images, params: dict, hooks: Sequence[Hook] | None):
+        from .jobs.img2img import img2img_steps
+
+        p = GenerationParams.from_kwargs(**params)
+        bundle, kw = self._start(hooks)
+        return p, img2img_steps(bundle, p, self.encoder, init_images, **kw)
+
+    def txt2img(self, *, hooks: Sequence[Hook] | None = None, **params) -> Result:
+        """Generate images from text. Parameters are A1111's API fields (``prompt``, ``steps``, ``seed``, ...);
+        ``enable_hr=True`` adds the hires-fix second pass, ``tiling=True`` makes seamless textures."""
+        p, gen = self._txt2img_job(params, hooks)
+        steps = p.steps + ((p.hr_second_pass_steps or p.steps) if p.enable_hr else 0)
+        return self._run(gen, steps * p.n_iter, p.sampler_name)
+
+    def img2img(self, init_images=None, *, hooks: Sequence[Hook] | None = None, **params) -> Result:
+        """img2img from PIL images (or paths) with A1111's fields (``denoising_strength``, ``resize_mode``,
+        ``extra_noise``, ...); images are saved under ``img2img-images/``."""
+        p, gen = self._img2img_job(init_images, params, hooks)
+        return self._run(gen, p.steps * p.n_iter, p.sampler_name)
+
+    def loopback(self, init_images=None, *, loops: int = 4, final_denoising_strength: float = 0.5,
+                 denoising_curve: str = "Linear", hooks: Sequence[Hook] | None = None, **params) -> Result:
+        """img2img ``loops`` times, feeding each output back in, the denoising strength moving towards
+        ``final_denoising_strength`` along ``denoising_curve`` (A1111's Loopback script)."""
+        from .jobs.img2img import loopback_steps
+
+        p = GenerationParams.from_kwargs(**params)
+        bundle, kw = self._start(hooks)
+        gen = loopback_steps(bundle, p, self.encoder, init_images, loops=loops,
+                             final_denoising_strength=final_denoising_strength, denoising_curve=denoising_curve, **kw)
+        return self._run(gen, p.steps * loops * p.n_iter, "Loopback")
+
+    def hires_fix(self, result: Result | None = None, *, indices=None, hooks: Sequence[Hook] | None = None,
+                  **changes) -> Result:
+        """A1111's ✨: the hires second pass on an earlier txt2img result (default: the last one), reusing its
+        seeds and first-pass latents; ``changes`` are hires fields (``hr_scale``, ``denoising_strength``, ...)."""
+        from .jobs.hires import hires_fix_steps
+
+        result = result if result is not None else self.last_result
+        if result is None:
+            raise ValueError("hires_fix needs a result: run txt2img first or pass result=...")
+        bundle, kw = self._start(hooks)
+        gen = hires_fix_steps(bundle, result, self.encoder, indices=indices, **changes, **kw)
+        return self._run(gen, result.params.hr_second_pass_steps or result.params.steps, "Hires fix")
+
+    def steps(self, *, init_images=None, hooks: Sequence[Hook] | None = None, **params) -> StepRun:
+        """A generation (txt2img, or img2img with ``init_images``) as a :class:`StepRun` you drive with
+        ``next()``: no threads, no polling."""
+        if init_images is not None:
+            return StepRun(self._img2img_job(init_images, params, hooks)[1])
+        return StepRun(self._txt2img_job(params, hooks)[1])
 
     def interrupt(self) -> None:
         """Stop the running job after its current step (safe from any thread); what finished is kept."""

@@ -22,11 +22,9 @@ _IGNORED_AT_DEFAULT = {
     "override_settings_restore_afterwards": (True, False), "sampler_index": (None,), "comments": ({}, None),
     "disable_extra_networks": (False,), "firstpass_image": (None,), "infotext": (None,),
     "refiner_checkpoint": (None, ""), "refiner_switch_at": (None, 0), "force_task_id": (None,),
-    "enable_hr": (False,), "tiling": (False,), "denoising_strength": (None, 0, 0.0, 0.7),
-    "firstphase_width": (0,), "firstphase_height": (0,), "hr_scale": (2.0, 2), "hr_upscaler": (None, "Latent"),
-    "hr_second_pass_steps": (0,), "hr_resize_x": (0,), "hr_resize_y": (0,), "hr_checkpoint_name": (None,),
-    "hr_sampler_name": (None,), "hr_scheduler": (None,), "hr_prompt": ("",), "hr_negative_prompt": ("",),
+    "firstphase_width": (0,), "firstphase_height": (0,), "hr_checkpoint_name": (None, "", "Use same checkpoint"),
 }
+_SAME = ("", "Use same sampler", "Use same scheduler")  # A1111's "keep the first pass's" values
 
 MAX_PIXELS_PER_BATCH = 64 * 1024 * 1024  # width * height * batch_size; far above any GPU's reach
 
@@ -57,6 +55,21 @@ class GenerationParams:
     s_noise: float = 1.0
     clip_skip: int = 1
     styles: tuple[str, ...] = ()
+    tiling: bool = False
+    # img2img and hires fix
+    denoising_strength: float | None = None  # None: the job's default (0.7 hires fix, 0.75 img2img)
+    extra_noise: float = 0.0  # A1111's "Extra noise" (its setting img2img_extra_noise)
+    resize_mode: int = 0  # img2img: 0 Just resize, 1 Crop and resize, 2 Resize and fill, 3 latent upscale
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None  # None: "Latent"
+    hr_second_pass_steps: int = 0  # 0: the first pass's steps
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None  # None: the first pass's
+    hr_scheduler: str | None = None  # None: the first pass's
+    hr_prompt: str = ""  # "": the first pass's
+    hr_negative_prompt: str = ""
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -106,6 +119,102 @@ class GenerationParams:
                 raise ValueError(f"scheduler: {e}") from None
         for name in ("cfg_scale", "subseed_strength", "s_churn", "s_tmin", "s_tmax", "s_noise"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        self._check_img2img_and_hires()
+
+    def _check_img2img_and_hires(self) -> None:
+        from .upscalers import RESIZE_MODES, resolve_upscaler
+
+        for name in ("tiling", "enable_hr"):
+            _check(isinstance(getattr(self, name), bool), name, getattr(self, name), "True or False")
+        if self.denoising_strength is not None:
+            d = self.denoising_strength
+            _check(_is_number(d) and 0.0 <= d <= 1.0, "denoising_strength", d, "a number between 0 and 1")
+            object.__setattr__(self, "denoising_strength", float(d))
+        _check(_is_number(self.extra_noise) and 0.0 <= self.extra_noise <= 1.0, "extra_noise", self.extra_noise,
+               "a number between 0 and 1")
+        object.__setattr__(self, "extra_noise", float(self.extra_noise))
+        _check(self.resize_mode in (0, 1, 2, 3) and not isinstance(self.resize_mode, bool), "resize_mode",
+               self.resize_mode, ", ".join(f"{i} ({m})" for i, m in enumerate(RESIZE_MODES)))
+        for name in ("hr_second_pass_steps", "hr_resize_x", "hr_resize_y"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, value,
+                   "an integer >= 0")
+        _check(self.hr_second_pass_steps <= 1000, "hr_second_pass_steps", self.hr_second_pass_steps, "at most 1000")
+        _check(_is_number(self.hr_scale) and self.hr_scale > 0, "hr_scale", self.hr_scale, "a number > 0")
+        object.__setattr__(self, "hr_scale", float(self.hr_scale))
+        for name in ("hr_prompt", "hr_negative_prompt"):
+            _check(isinstance(getattr(self, name), str), name, getattr(self, name), "a string")
+        try:
+            object.__setattr__(self, "hr_upscaler", resolve_upscaler(self.hr_upscaler)
+                               if self.hr_upscaler is not None else None)
+        except ValueError as e:
+            raise ValueError(f"hr_upscaler: {e}") from None
+        hr_sampler = None if self.hr_sampler_name in (None, *_SAME) else self.hr_sampler_name
+        hr_scheduler = None if self.hr_scheduler in (None, *_SAME) else self.hr_scheduler
+        if hr_sampler is not None:
+            try:
+                hr_sampler, glued = resolve_sampler(hr_sampler)
+            except ValueError as e:
+                raise ValueError(f"hr_sampler_name: {e}") from None
+            if glued is not None and hr_scheduler is None and glued != SAMPLERS[hr_sampler].default_scheduler:
+                hr_scheduler = glued
+        if hr_scheduler is not None and hr_scheduler != "Automatic":
+            try:
+                hr_scheduler = resolve_schedule(hr_scheduler)
+            except ValueError as e:
+                raise ValueError(f"hr_scheduler: {e}") from None
+        object.__setattr__(self, "hr_sampler_name", hr_sampler)
+        object.__setattr__(self, "hr_scheduler", hr_scheduler)
+        if self.enable_hr:
+            w, h = self.hr_size
+            _check(w >= 64 and h >= 64, "hr_scale" if not (self.hr_resize_x or self.hr_resize_y) else "hr_resize_x",
+                   self.hr_scale if not (self.hr_resize_x or self.hr_resize_y) else self.hr_resize_x,
+                   f"large enough for a hires size of at least 64x64 (it gives {w}x{h})")
+            _check(w * h * self.batch_size <= MAX_PIXELS_PER_BATCH, "hr_scale", self.hr_scale,
+                   f"small enough that the hires size times batch_size fits in {MAX_PIXELS_PER_BATCH} pixels "
+                   f"(it gives {w}x{h} x {self.batch_size} = {w * h * self.batch_size})")
+
+    @property
+    def hr_upscale_to(self) -> tuple[int, int]:
+        """A1111's ``(hr_upscale_to_x, hr_upscale_to_y)``: the size rendered before the centred crop."""
+        w, h, x, y = self.width, self.height, self.hr_resize_x, self.hr_resize_y
+        if x == 0 and y == 0:
+            return int(w * self.hr_scale), int(h * self.hr_scale)
+        if y == 0:
+            return x, x * h // w
+        if x == 0:
+            return y * w // h, y
+        if w / h < x / y:
+            return x, x * h // w
+        return y * w // h, y
+
+    @property
+    def hr_truncate(self) -> tuple[int, int]:
+        """A1111's ``(truncate_x, truncate_y)``, in latent units: how much the centred crop removes."""
+        if self.hr_resize_x == 0 or self.hr_resize_y == 0:
+            return 0, 0
+        to_x, to_y = self.hr_upscale_to
+        return (to_x - self.hr_resize_x) // 8, (to_y - self.hr_resize_y) // 8
+
+    @property
+    def hr_size(self) -> tuple[int, int]:
+        """The final hires image size ``(width, height)``: the latent size after the crop, times 8."""
+        to_x, to_y = self.hr_upscale_to
+        tx, ty = self.hr_truncate
+        return (to_x // 8 - tx) * 8, (to_y // 8 - ty) * 8
+
+    @property
+    def hr_sampler_used(self) -> str:
+        return self.hr_sampler_name or self.sampler_name
+
+    @property
+    def hr_scheduler_used(self) -> str:
+        """The second pass's schedule: ``hr_scheduler`` (else the first pass's), "Automatic" resolved for the
+        hires sampler."""
+        scheduler = self.hr_scheduler or self.scheduler
+        if scheduler != "Automatic":
+            return scheduler
+        return SAMPLERS[self.hr_sampler_used].default_scheduler or "Uniform"
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> GenerationParams:
@@ -144,6 +253,10 @@ class GenerationParams:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         out["styles"] = list(self.styles)
         return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _check(ok: bool, name: str, value, allowed: str) -> None:

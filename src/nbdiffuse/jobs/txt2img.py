@@ -34,6 +34,7 @@ from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import compute_sigmas
 from .params import GenerationParams
 from .result import Result
+from .tiling import circular_padding
 
 Hook = Callable[[StepState], "torch.Tensor | None"]
 
@@ -58,8 +59,14 @@ def sampler_options(p: GenerationParams, func: Callable) -> dict:
     return opts
 
 
-def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: Callable) -> dict:
-    """A1111's parameter line for one image, in A1111's key order."""
+def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: Callable, *,
+                    job: str = "txt2img", denoising: float | None = None, extra: Mapping | None = None) -> dict:
+    """A1111's parameter line for one image, in A1111's key order.
+
+    ``job`` is "txt2img" (hires fields when ``p.enable_hr``), or "img2img" (``Denoising strength`` and
+    ``Extra noise``); ``denoising`` is the strength actually used; ``extra`` adds fields (loopback's) after the
+    job's own.
+    """
     core = {
         "Steps": p.steps,
         "Sampler": p.sampler_name,
@@ -74,21 +81,45 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
         "Seed resize from": (f"{p.seed_resize_from_w}x{p.seed_resize_from_h}"
                              if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None),
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+        "Tiling": True if p.tiling else None,
     }
+    fields: dict = {}
+    hires = job == "txt2img" and p.enable_hr
+    if hires or job == "img2img":
+        fields["Denoising strength"] = denoising
+    if hires:  # A1111's insertion order (txt2img init, then calculate_target_resolution)
+        if p.hr_sampler_name is not None and p.hr_sampler_name != p.sampler_name:
+            fields["Hires sampler"] = p.hr_sampler_name
+        if p.hr_prompt and p.hr_prompt != p.prompt:
+            fields["Hires prompt"] = p.hr_prompt
+        if p.hr_negative_prompt and p.hr_negative_prompt != p.negative_prompt:
+            fields["Hires negative prompt"] = p.hr_negative_prompt
+        if p.hr_scheduler_used != p.scheduler_used:
+            fields["Hires schedule type"] = p.hr_scheduler_used
+        if p.hr_resize_x == 0 and p.hr_resize_y == 0:
+            fields["Hires upscale"] = p.hr_scale
+        else:
+            fields["Hires resize"] = f"{p.hr_resize_x}x{p.hr_resize_y}"
+        if p.hr_second_pass_steps:
+            fields["Hires steps"] = p.hr_second_pass_steps
+        if p.hr_upscaler is not None:
+            fields["Hires upscaler"] = p.hr_upscaler
     accepted = inspect.signature(func).parameters
-    extra = {}
     if p.eta is not None and "eta" in accepted and p.eta != accepted["eta"].default:
-        extra["Eta DDIM" if p.sampler_name == "DDIM" else "Eta"] = p.eta
+        fields["Eta DDIM" if p.sampler_name == "DDIM" else "Eta"] = p.eta
     defaults = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
     keys = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax", "s_noise": "Sigma noise"}
     for name, key in keys.items():
         if name in accepted and getattr(p, name) != defaults[name]:
-            extra[key] = getattr(p, name)
+            fields[key] = getattr(p, name)
+    if (hires or job == "img2img") and p.extra_noise > 0:
+        fields["Extra noise"] = p.extra_noise
+    fields.update(extra or {})
     if p.styles:
-        extra["Styles array"] = json.dumps(list(p.styles), ensure_ascii=False)
-    extra["RNG"] = "CPU"  # A1111's default draws noise on the GPU; ours is CPU noise, named so A1111 can match it
-    extra["Version"] = f"nbdiffuse {__version__}"
-    return build_fields(core, extra)
+        fields["Styles array"] = json.dumps(list(p.styles), ensure_ascii=False)
+    fields["RNG"] = "CPU"  # A1111's default draws noise on the GPU; ours is CPU noise, named so A1111 can match it
+    fields["Version"] = f"nbdiffuse {__version__}"
+    return build_fields(core, fields)
 
 
 def apply_styled(p: GenerationParams, styles: Mapping[str, Style]) -> tuple[str, str]:
@@ -125,41 +156,213 @@ def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image
     return [Image.fromarray((px * 255).round().astype(np.uint8)) for px in pixels]
 
 
-def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: Sequence[Hook] = (),
-                  control: JobControl | None = None, outputs_dir: str | Path | None = None,
-                  progress: Callable[[StepState], None] | None = None,
-                  styles: Mapping[str, Style] | None = None) -> Generator[StepState, None, Result]:
-    """Run txt2img for ``p`` on ``bundle``: yields every step, returns the :class:`Result`."""
-    control = control or JobControl()
-    start = time.perf_counter()
-    timings = {"encode_s": 0.0, "sample_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
-    notes: list[str] = []
-    spec = SAMPLERS[p.sampler_name]
-    options = {**spec.options, **sampler_options(p, spec.func)}
-    device = bundle.device
+def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL images (all the same size) -> ``(N, 3, H, W)`` float32 in [-1, 1]."""
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2.0 - 1.0
 
+
+@torch.no_grad()
+def encode(bundle, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+    """VAE-encode PIL images (or ``(N, 3, H, W)`` pixels in [-1, 1]) to scaled latents (float32, on the device).
+
+    Uses the mean of the VAE's latent distribution. A1111 (``get_first_stage_encoding``) draws a *sample* from it
+    with the global, unseeded RNG, so its img2img is not exactly reproducible; SD's VAE posterior is so narrow
+    (std ~1e-3 of the latent's) that the mean is the same image, and it is deterministic.
+    """
+    vae = bundle.vae
+    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    pixels = images if isinstance(images, torch.Tensor) else images_to_tensor(images)
+    dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
+    return ((dist.mean.float() - shift) * scale).to(bundle.device)
+
+
+@dataclass
+class PassPlan:
+    """One sampling pass: sampler, its options, the sigmas to run, the conditioning and the guidance scale."""
+
+    spec: object
+    options: dict
+    sigmas: torch.Tensor
+    conds: list
+    uncond: list
+    empty: torch.Tensor | None
+    cfg_scale: float
+    time_ids: torch.Tensor
+    name: str = "txt2img"
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+@dataclass
+class PassOutcome:
+    """What :func:`run_pass` returns: the latents (``None`` when a KeyboardInterrupt came before the first step),
+    whether the job was interrupted, and whether the pass stopped early (interrupt or skip)."""
+
+    x: torch.Tensor | None
+    interrupted: bool = False
+    stopped: bool = False
+
+
+def plan_pass(bundle, p: GenerationParams, encoder: TextEncoder, prompt: str, negative: str, sigmas: torch.Tensor,
+              *, sampler_name: str | None = None, size: tuple[int, int] | None = None,
+              schedule_steps: int | None = None, hires_steps: int | None = None, name: str = "txt2img") -> PassPlan:
+    """Encode the prompts (A1111's schedules over ``schedule_steps``, or the hires rule with ``hires_steps``)
+    and gather the sampler's options for a pass over ``sigmas``."""
+    spec = SAMPLERS[sampler_name or p.sampler_name]
+    if schedule_steps is None:
+        schedule_steps = p.steps * 2 if spec.second_order else p.steps
+    conds = encoder.conds(prompt, schedule_steps, p.clip_skip, hires_steps=hires_steps)
+    uncond = encoder.uncond(negative, schedule_steps, p.clip_skip, hires_steps=hires_steps)
+    empty = encoder.empty(p.clip_skip)
+    w, h = size or (p.width, p.height)
+    time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32, device=bundle.device)
+    options = {**spec.options, **sampler_options(p, spec.func)}
+    return PassPlan(spec, options, sigmas.to(bundle.device), conds, uncond, empty, p.cfg_scale / spec.cfg_divisor,
+                    time_ids, name)
+
+
+def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Sequence[int],
+             subseeds: Sequence[int], shape: Sequence[int], *, init: torch.Tensor | None = None,
+             extra_noise: float = 0.0, downscale: int = 8, hooks: Sequence[Hook] = (),
+             control: JobControl | None = None, progress: Callable[[StepState], None] | None = None,
+             notes: list[str] | None = None, timings: dict | None = None,
+             extra: Mapping | None = None) -> Generator[StepState, None, PassOutcome]:
+    """Sample one batch: yields every step (hooks applied), returns a :class:`PassOutcome`.
+
+    Noise comes from one CPU generator per seed (A1111's ImageRNG, recreated for every pass): ``x = noise *
+    sigmas[0]`` from scratch, or with ``init`` latents (img2img, hires pass) ``x = init + noise * sigmas[0]``
+    plus ``noise * extra_noise`` (A1111's "Extra noise": the same noise tensor; for timestep samplers A1111 adds
+    ``noise * extra * sqrt(abar)`` to its VP latent, which in our sigma space is the same ``noise * extra``).
+    """
+    control = control or JobControl()
+    notes = notes if notes is not None else []
+    timings = timings if timings is not None else {"sample_s": 0.0}
+    spec, sigmas = plan.spec, plan.sigmas
+    device = sigmas.device
+    rng = ImageNoise(shape, seeds, subseeds, p.subseed_strength, (p.seed_resize_from_w, p.seed_resize_from_h),
+                     downscale=downscale)
+    noise0 = rng.first().to(device)
+    if init is None:
+        x = noise0 * sigmas[0]
+    else:
+        x = init.to(device=device, dtype=torch.float32) + noise0 * sigmas[0]
+        if extra_noise > 0:
+            x = x + noise0 * extra_noise
+    if spec.brownian:
+        positive = sigmas[sigmas > 0]
+        brownian = BrownianNoise(shape, seeds, float(positive.min()), float(positive.max()))
+
+        def noise(sigma, sigma_next):
+            return brownian(sigma, sigma_next).to(device)
+    else:
+        def noise(sigma=None, sigma_next=None):
+            return rng.next().to(device)
+    guider = CFGDenoiser(denoiser, plan.conds, plan.uncond, plan.cfg_scale, time_ids=plan.time_ids,
+                         empty=plan.empty, need_uncond=spec.needs_uncond)
+    run_options = dict(plan.options)
+    if spec.needs_uncond:
+        run_options["uncond"] = lambda: guider.last_uncond
+    gen = spec.func(guider, x, sigmas, noise=noise, **run_options)
+
+    t = time.perf_counter()
+    state = None
+    outcome = PassOutcome(None)
+    try:
+        with torch.no_grad():
+            state = next(gen)
+        while True:
+            state.extra.update(cond=guider.last_cond, uncond=guider.last_uncond, seeds=list(seeds),
+                               **{"pass": plan.name}, **(extra or {}))
+            replacement = None
+            for hook in hooks:
+                out = hook(state)
+                if out is not None:
+                    replacement = state.x = out
+            if progress is not None:
+                progress(state)
+            yield state
+            if control.interrupt.is_set() or control.skip.is_set():
+                outcome = PassOutcome(state.denoised, control.interrupt.is_set(), True)
+                break
+            with torch.no_grad():
+                state = gen.send(replacement)
+    except StopIteration as stop:
+        outcome = PassOutcome(stop.value)
+    except KeyboardInterrupt:
+        control.interrupt.set()
+        if state is not None:
+            notes.append("Interrupted by the kernel: kept the finished images and the current x0 estimate.")
+        outcome = PassOutcome(state.denoised if state is not None else None, True, True)
+    finally:
+        gen.close()
+        timings["sample_s"] = timings.get("sample_s", 0.0) + time.perf_counter() - t
+    if outcome.x is not None and not torch.isfinite(outcome.x).all():
+        notes.append(f"The UNet produced NaN/inf latents ({denoiser.unet.dtype}); try a float32 session "
+                     "(Session(dtype=torch.float32)) or a different sampler/CFG.")
+    return outcome
+
+
+def memory_line(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return (f"A: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GB, "
+            f"R: {torch.cuda.max_memory_reserved(device) / 2**30:.2f} GB, "
+            f"Sys: {(total - free) / 2**30:.1f}/{total / 2**30:.4g} GB ({(total - free) / total * 100:.1f}%)")
+
+
+def styled_prompts(p: GenerationParams, styles: Mapping[str, Style] | None, notes: list[str]
+                   ) -> tuple[str, str, str, str]:
+    """``(styled prompt, styled negative, prompt, negative)``: the last two without extra-network tags."""
     styled_prompt, styled_negative = apply_styled(p, styles or {})
     prompt, networks = extract_extra_networks(styled_prompt)
     negative, neg_networks = extract_extra_networks(styled_negative)
     if networks or neg_networks:
         names = ", ".join(f"<{n.kind}:{n.name}>" for n in [*networks, *neg_networks])
         notes.append(f"Extra-network tags are not applied yet and were removed from the prompt: {names}")
+    return styled_prompt, styled_negative, prompt, negative
+
+
+def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: Sequence[Hook] = (),
+                  control: JobControl | None = None, outputs_dir: str | Path | None = None,
+                  progress: Callable[[StepState], None] | None = None,
+                  styles: Mapping[str, Style] | None = None) -> Generator[StepState, None, Result]:
+    """Run txt2img for ``p`` on ``bundle``: yields every step (both passes with hires fix), returns the
+    :class:`Result`. With ``p.tiling`` the UNet and VAE pad circularly for the whole job."""
+    with circular_padding(bundle, p.tiling):
+        return (yield from _txt2img(bundle, p, encoder, hooks=hooks, control=control, outputs_dir=outputs_dir,
+                                    progress=progress, styles=styles))
+
+
+def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, styles):
+    control = control or JobControl()
+    start = time.perf_counter()
+    timings = {"encode_s": 0.0, "sample_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+    notes: list[str] = []
+    spec = SAMPLERS[p.sampler_name]
+    device = bundle.device
+    styled_prompt, styled_negative, prompt, negative = styled_prompts(p, styles, notes)
 
     seed, subseed = fix_seed(p.seed), fix_seed(p.subseed)
     all_seeds, all_subseeds = image_seeds(seed, subseed, p.subseed_strength, p.total_images)
-    schedule_steps = p.steps * 2 if spec.second_order else p.steps
 
     t = time.perf_counter()
-    conds = encoder.conds(prompt, schedule_steps, p.clip_skip)
-    uncond = encoder.uncond(negative, schedule_steps, p.clip_skip)
-    empty = encoder.empty(p.clip_skip)
+    sigmas = compute_sigmas(p.scheduler_used, p.steps, bundle.sigmas, arch=bundle.arch,
+                            discard_penultimate=spec.discard_penultimate)
+    plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas)
+    hires = None
+    if p.enable_hr:
+        from .hires import plan_hires
+
+        hires = plan_hires(bundle, p, encoder, styles, notes)
     timings["encode_s"] += time.perf_counter() - t
 
-    sigmas = compute_sigmas(p.scheduler_used, p.steps, bundle.sigmas, arch=bundle.arch,
-                            discard_penultimate=spec.discard_penultimate).to(device)
     factor = bundle.vae_scale_factor
     shape = (bundle.latent_channels, p.height // factor, p.width // factor)
-    time_ids = torch.tensor([p.height, p.width, 0, 0, p.height, p.width], dtype=torch.float32, device=device)
     denoiser = Denoiser(bundle.unet, bundle.alphas_cumprod, bundle.prediction_type)
 
     images, latents_out, infotexts, paths, seeds_out, subseeds_out = [], [], [], [], [], []
@@ -171,67 +374,26 @@ def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: S
         control.skip.clear()
         seeds = all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
         subseeds = all_subseeds[n * p.batch_size:(n + 1) * p.batch_size]
-        rng = ImageNoise(shape, seeds, subseeds, p.subseed_strength,
-                         (p.seed_resize_from_w, p.seed_resize_from_h), downscale=factor)
-        x = rng.first().to(device) * sigmas[0]
-        if spec.brownian:
-            positive = sigmas[sigmas > 0]
-            brownian = BrownianNoise(shape, seeds, float(positive.min()), float(positive.max()))
+        outcome = yield from run_pass(plan, denoiser, p, seeds, subseeds, shape, downscale=factor, hooks=hooks,
+                                      control=control, progress=progress, notes=notes, timings=timings,
+                                      extra={"iteration": n})
+        interrupted = interrupted or outcome.interrupted
+        if outcome.x is None:
+            break
+        x = outcome.x
+        if hires is not None:
+            from .hires import hires_pass
 
-            def noise(sigma, sigma_next, _b=brownian):
-                return _b(sigma, sigma_next).to(device)
-        else:
-            def noise(sigma=None, sigma_next=None, _r=rng):
-                return _r.next().to(device)
-        guider = CFGDenoiser(denoiser, conds, uncond, p.cfg_scale / spec.cfg_divisor, time_ids=time_ids, empty=empty,
-                             need_uncond=spec.needs_uncond)
-        run_options = dict(options)
-        if spec.needs_uncond:
-            run_options["uncond"] = lambda g=guider: g.last_uncond
-        gen = spec.func(guider, x, sigmas, noise=noise, **run_options)
-
-        t = time.perf_counter()
-        state = None
-        try:
-            with torch.no_grad():
-                state = next(gen)
-            while True:
-                state.extra.update(cond=guider.last_cond, uncond=guider.last_uncond, iteration=n, seeds=seeds)
-                replacement = None
-                for hook in hooks:
-                    out = hook(state)
-                    if out is not None:
-                        replacement = state.x = out
-                if progress is not None:
-                    progress(state)
-                yield state
-                if control.interrupt.is_set() or control.skip.is_set():
-                    interrupted = interrupted or control.interrupt.is_set()
-                    x = state.denoised
-                    break
-                with torch.no_grad():
-                    state = gen.send(replacement)
-        except StopIteration as stop:
-            x = stop.value
-        except KeyboardInterrupt:
-            interrupted = True
-            control.interrupt.set()
-            if state is None:
-                break
-            x = state.denoised
-            notes.append("Interrupted by the kernel: kept the finished images and the current x0 estimate.")
-        finally:
-            gen.close()
-            timings["sample_s"] += time.perf_counter() - t
-
-        if not torch.isfinite(x).all():
-            notes.append(f"The UNet produced NaN/inf latents ({bundle.dtype}); try a float32 session "
-                         "(Session(dtype=torch.float32)) or a different sampler/CFG.")
+            x = yield from hires_pass(hires, denoiser, p, x, seeds, subseeds, first_pass_stopped=outcome.stopped,
+                                      hooks=hooks, control=control, progress=progress, notes=notes,
+                                      timings=timings, extra={"iteration": n})
+            interrupted = interrupted or control.interrupt.is_set()
         t = time.perf_counter()
         batch_images = decode(bundle, x, notes)
         timings["decode_s"] += time.perf_counter() - t
         for i, image in enumerate(batch_images):
-            fields = infotext_fields(p, bundle, seeds[i], subseeds[i], spec.func)
+            fields = infotext_fields(p, bundle, seeds[i], subseeds[i], spec.func,
+                                     denoising=hires.denoising if hires is not None else None)
             text = format_infotext(styled_prompt, styled_negative, fields)
             t = time.perf_counter()
             path = None
@@ -249,13 +411,13 @@ def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: S
 
     timings["total_s"] = time.perf_counter() - start
     timings["model_calls"] = denoiser.calls
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        timings["memory"] = (f"A: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GB, "
-                             f"R: {torch.cuda.max_memory_reserved(device) / 2**30:.2f} GB, "
-                             f"Sys: {(total - free) / 2**30:.1f}/{total / 2**30:.4g} GB "
-                             f"({(total - free) / total * 100:.1f}%)")
+    if memory_line(device):
+        timings["memory"] = memory_line(device)
     for note in notes:
-        warnings.warn(note, stacklevel=2)
-    latents = torch.cat(latents_out) if latents_out else torch.empty((0, *shape))
+        warnings.warn(note, stacklevel=3)
+    if latents_out:
+        latents = torch.cat(latents_out)
+    else:
+        h, w = (p.hr_size[1], p.hr_size[0]) if p.enable_hr else (p.height, p.width)
+        latents = torch.empty((0, shape[0], h // factor, w // factor))
     return Result(images, infotexts, seeds_out, subseeds_out, latents, p, timings, paths, interrupted, notes)

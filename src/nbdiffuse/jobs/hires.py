@@ -1,0 +1,216 @@
+"""Hires fix: A1111's txt2img second pass, and the same pass on an earlier result (A1111's ✨ button).
+
+The story of one batch (A1111 ``StableDiffusionProcessingTxt2Img.sample_hr_pass``):
+
+1. Target size (:attr:`GenerationParams.hr_upscale_to`): ``int(w * hr_scale), int(h * hr_scale)``, or from
+   ``hr_resize_x/y`` (one side 0 keeps the aspect ratio; both set scales to *cover* the box and crops later).
+2. Upscale the first pass's latents to ``(to_y // 8, to_x // 8)``: a latent mode is one ``interpolate`` call;
+   any other upscaler decodes to 8-bit images, upscales them in pixels and VAE-encodes the result.
+3. Crop centred in latent units (``truncate = (to - target) // 8``; rows ``[ty // 2 : H - (ty + 1) // 2]``).
+4. Fresh noise from the same seeds (a new generator per seed, as for the first pass, at the hires shape).
+5. An img2img pass of ``hr_second_pass_steps`` (0: ``steps``) steps: a schedule of ``int(steps / min(denoise,
+   0.999))`` steps of which the last ``steps`` run, from ``x = latents + noise * sigma0 (+ noise * extra_noise)``,
+   with the hires prompt (``hr_prompt``, default the prompt) whose ``[a:b:N]`` fractions run from 1 to 2.
+
+Deviation from A1111, output format kept: with ``denoising_strength=0`` A1111 asks for a 0-step schedule and
+fails; here the second pass is skipped and the upscaled latents are decoded as they are.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..io.infotext import format as format_infotext
+from ..io.outputs import save_image
+from ..prompts.conditioning import TextEncoder
+from ..prompts.parser import Style
+from ..sampling.base import StepState
+from ..sampling.denoiser import Denoiser
+from ..sampling.registry import SAMPLERS
+from .img2img import img2img_sigmas
+from .params import GenerationParams
+from .result import Result
+from .tiling import circular_padding
+from .txt2img import (
+    Hook,
+    JobControl,
+    PassPlan,
+    decode,
+    encode,
+    infotext_fields,
+    memory_line,
+    plan_pass,
+    run_pass,
+    styled_prompts,
+)
+from .upscalers import is_latent, resize_image, upscale_latents
+
+DEFAULT_DENOISING = 0.7  # A1111's hires fix default
+
+# The fields hires_fix() may change on the earlier result's parameters.
+HIRES_FIELDS = ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+                "denoising_strength", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+                "extra_noise", "tiling")
+
+
+def crop_latents(latents: torch.Tensor, truncate_x: int, truncate_y: int) -> torch.Tensor:
+    """A1111's centred crop of ``truncate_x`` columns and ``truncate_y`` rows (latent units); the odd one comes
+    off the end."""
+    h, w = latents.shape[-2:]
+    return latents[..., truncate_y // 2:h - (truncate_y + 1) // 2, truncate_x // 2:w - (truncate_x + 1) // 2]
+
+
+@dataclass
+class HiresPlan:
+    """Everything the second pass needs, computed once per job."""
+
+    bundle: object
+    pass_plan: PassPlan
+    denoising: float
+    upscaler: str
+    upscale_to: tuple[int, int]
+    truncate: tuple[int, int]
+    steps: int  # hires steps requested (the pass runs exactly these)
+
+
+def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mapping[str, Style] | None = None,
+               notes: list[str] | None = None) -> HiresPlan:
+    """The second pass of ``p``: its sigmas (A1111's rule), hires prompt conditioning, sampler and options."""
+    denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
+    spec1, spec2 = SAMPLERS[p.sampler_name], SAMPLERS[p.hr_sampler_used]
+    steps = p.hr_second_pass_steps or p.steps
+    sigmas = img2img_sigmas(p.hr_scheduler_used, steps, denoising, bundle, spec2, fixed_steps=True)
+    hp = p.replace(prompt=p.hr_prompt or p.prompt, negative_prompt=p.hr_negative_prompt or p.negative_prompt)
+    own_notes: list[str] = []
+    _, _, prompt, negative = styled_prompts(hp, styles, own_notes)
+    if notes is not None:
+        notes.extend(n for n in own_notes if n not in notes)
+    first_total = p.steps * 2 if spec1.second_order else p.steps
+    hires_total = steps * 2 if spec2.second_order else steps
+    plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, sampler_name=spec2.name,
+                     size=p.hr_upscale_to, schedule_steps=first_total, hires_steps=hires_total, name="hires")
+    return HiresPlan(bundle, plan, denoising, p.hr_upscaler or "Latent", p.hr_upscale_to, p.hr_truncate, steps)
+
+
+def upscale_for_hires(plan: HiresPlan, latents: torch.Tensor, notes: list[str]) -> torch.Tensor:
+    """Steps 2-3: the first pass's latents upscaled to the hires size (latent or pixel upscaler), cropped."""
+    bundle = plan.bundle
+    factor = bundle.vae_scale_factor
+    to_x, to_y = plan.upscale_to
+    if is_latent(plan.upscaler):
+        z = upscale_latents(latents.float(), plan.upscaler, (to_y // factor, to_x // factor))
+    else:
+        images = decode(bundle, latents, notes)
+        images = [resize_image(0, im, to_x, to_y, plan.upscaler) for im in images]
+        z = encode(bundle, images)
+    return crop_latents(z, *plan.truncate)
+
+
+def hires_pass(plan: HiresPlan, denoiser: Denoiser, p: GenerationParams, latents: torch.Tensor,
+               seeds: Sequence[int], subseeds: Sequence[int], *, first_pass_stopped: bool = False,
+               hooks: Sequence[Hook] = (), control: JobControl | None = None,
+               progress: Callable[[StepState], None] | None = None, notes: list[str] | None = None,
+               timings: dict | None = None, extra: Mapping | None = None) -> Generator[StepState, None, torch.Tensor]:
+    """The second pass of one batch: yields its steps, returns the hires latents.
+
+    When the first pass was stopped (interrupt/skip) the second pass is not run: the first pass's x0 estimate
+    is only upscaled, so every image of a job has the same size."""
+    notes = notes if notes is not None else []
+    z = upscale_for_hires(plan, latents, notes)
+    if first_pass_stopped:
+        notes.append("The first pass was stopped early: its images were upscaled without the second pass.")
+        return z
+    if plan.denoising == 0:
+        return z
+    outcome = yield from run_pass(plan.pass_plan, denoiser, p, seeds, subseeds, tuple(z.shape[1:]), init=z,
+                                  extra_noise=p.extra_noise, downscale=plan.bundle.vae_scale_factor, hooks=hooks,
+                                  control=control, progress=progress, notes=notes, timings=timings, extra=extra)
+    return outcome.x if outcome.x is not None else z
+
+
+def hires_fix_steps(bundle, result: Result, encoder: TextEncoder, *, hooks: Sequence[Hook] = (),
+                    control: JobControl | None = None, outputs_dir: str | Path | None = None,
+                    progress: Callable[[StepState], None] | None = None,
+                    styles: Mapping[str, Style] | None = None, indices: Sequence[int] | None = None,
+                    **changes) -> Generator[StepState, None, Result]:
+    """A1111's ✨ (upscale an earlier txt2img result): the hires pass on ``result``'s first-pass latents with its
+    seeds. ``changes`` may set the hires fields (``hr_scale``, ``hr_upscaler``, ``denoising_strength``, ...);
+    ``indices`` picks images (default all). Differs from A1111 in one way, for the better: A1111 re-encodes the
+    saved 8-bit image for latent upscalers, here the exact first-pass latents are used."""
+    unknown = sorted(set(changes) - set(HIRES_FIELDS))
+    if unknown:
+        raise TypeError(f"hires_fix: {', '.join(map(repr, unknown))} cannot be changed here; "
+                        f"allowed: {', '.join(HIRES_FIELDS)}")
+    if result.params.enable_hr:
+        raise ValueError("hires_fix: this result already went through hires fix (its latents are the second "
+                         "pass's); run it on a result made without enable_hr.")
+    if len(result) == 0 or result.latents.shape[0] == 0:
+        raise ValueError("hires_fix: the result has no images")
+    picked = list(range(len(result))) if indices is None else [int(i) for i in indices]
+    bad = [i for i in picked if not 0 <= i < len(result)]
+    if bad:
+        raise ValueError(f"hires_fix: indices {bad} out of range for a result of {len(result)} images")
+    p = result.params.replace(enable_hr=True, **changes)
+    seeds = [result.seeds[i] for i in picked]
+    subseeds = [result.subseeds[i] for i in picked]
+    p = p.replace(seed=seeds[0], subseed=subseeds[0])
+    latents = result.latents[picked]
+    with circular_padding(bundle, p.tiling):
+        return (yield from _hires_fix(bundle, p, encoder, latents, seeds, subseeds, hooks=hooks, control=control,
+                                      outputs_dir=outputs_dir, progress=progress, styles=styles))
+
+
+def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, outputs_dir, progress, styles):
+    control = control or JobControl()
+    start = time.perf_counter()
+    timings = {"encode_s": 0.0, "sample_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+    notes: list[str] = []
+    styled_prompt, styled_negative, _, _ = styled_prompts(p, styles, notes)
+    t = time.perf_counter()
+    plan = plan_hires(bundle, p, encoder, styles, notes)
+    timings["encode_s"] += time.perf_counter() - t
+    denoiser = Denoiser(bundle.unet, bundle.alphas_cumprod, bundle.prediction_type)
+    func = SAMPLERS[p.sampler_name].func
+    images, infotexts, paths, outs = [], [], [], []
+    interrupted = False
+    done = 0
+    for n, b in enumerate(range(0, len(seeds), p.batch_size)):
+        if control.interrupt.is_set():
+            interrupted = True
+            break
+        control.skip.clear()
+        bs, bsub = seeds[b:b + p.batch_size], subseeds[b:b + p.batch_size]
+        x = yield from hires_pass(plan, denoiser, p, latents[b:b + p.batch_size].to(bundle.device), bs, bsub,
+                                  hooks=hooks, control=control, progress=progress, notes=notes, timings=timings,
+                                  extra={"iteration": n})
+        interrupted = control.interrupt.is_set()
+        t = time.perf_counter()
+        batch = decode(bundle, x, notes)
+        timings["decode_s"] += time.perf_counter() - t
+        for i, image in enumerate(batch):
+            text = format_infotext(styled_prompt, styled_negative,
+                                   infotext_fields(p, bundle, bs[i], bsub[i], func, denoising=plan.denoising))
+            path = None
+            if outputs_dir is not None:
+                path = save_image(image, Path(outputs_dir) / "txt2img-images", seed=bs[i], infotext=text)
+            images.append(image)
+            infotexts.append(text)
+            paths.append(path)
+        outs.append(x.detach().float().cpu())
+        done += len(bs)
+        if interrupted:
+            break
+    timings["total_s"] = time.perf_counter() - start
+    timings["model_calls"] = denoiser.calls
+    if memory_line(bundle.device):
+        timings["memory"] = memory_line(bundle.device)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    out = torch.cat(outs) if outs else latents[:0]
+    return Result(images, infotexts, seeds[:done], subseeds[:done], out, p, timings, paths, interrupted, notes)

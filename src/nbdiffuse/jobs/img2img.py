@@ -1,0 +1,290 @@
+"""img2img and loopback: start from images instead of noise, A1111's way.
+
+An init image is resized to ``width x height`` (``resize_mode``: 0 Just resize, 1 Crop and resize, 2 Resize and
+fill; 3 encodes it at its own size and resizes the *latents* bilinearly), VAE-encoded (the latent distribution's
+mean, see :func:`~nbdiffuse.jobs.txt2img.encode`), noised to the schedule's starting sigma and denoised:
+
+* A1111's step rule (``setup_img2img_steps``): ``t_enc = int(min(denoise, 0.999) * steps)``; of a ``steps``-step
+  schedule the last ``t_enc + 1`` steps run (``sigmas[steps - t_enc - 1:]``). So ``denoising_strength=1`` runs
+  all ``steps`` steps from almost pure noise and 0 still runs one step at the smallest sigma.
+* ``x = init + noise * sigma0``, plus ``noise * extra_noise`` (the same noise tensor) when ``extra_noise > 0``.
+* Noise from one CPU generator per image seed (``seed + i``), as in txt2img.
+
+Batches (A1111 ``StableDiffusionProcessingImg2Img.init``): one init image is repeated ``batch_size`` times; ``k``
+images with ``1 < k <= batch_size`` make a batch of ``k``, one each; more images than ``batch_size`` is an error.
+Every ``n_iter`` batch starts from the same init latents with the next seeds. Images go to ``img2img-images/``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Generator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..io.infotext import format as format_infotext
+from ..io.outputs import save_image
+from ..prompts.conditioning import TextEncoder
+from ..prompts.parser import Style
+from ..sampling.base import StepState
+from ..sampling.denoiser import Denoiser
+from ..sampling.noise import fix_seed, image_seeds
+from ..sampling.registry import SAMPLERS
+from ..sampling.schedules import compute_sigmas
+from .params import GenerationParams
+from .result import Result
+from .tiling import circular_padding
+from .txt2img import (
+    Hook,
+    JobControl,
+    decode,
+    encode,
+    infotext_fields,
+    memory_line,
+    plan_pass,
+    run_pass,
+    styled_prompts,
+)
+from .upscalers import resize_image
+
+DEFAULT_DENOISING = 0.75  # A1111's img2img default
+DENOISING_CURVES = ("Linear", "Aggressive", "Lazy")
+
+
+def img2img_step_counts(steps: int, denoising: float, fixed_steps: bool = False) -> tuple[int, int]:
+    """A1111's ``setup_img2img_steps``: ``(schedule steps, t_enc)``; the pass runs ``t_enc + 1`` steps.
+
+    Plain img2img: ``(steps, int(min(denoise, 0.999) * steps))``. ``fixed_steps`` (the hires pass, and A1111's
+    "img2img: do exactly the amount of steps the slider specifies"): ``(int(steps / min(denoise, 0.999)),
+    steps - 1)``, i.e. exactly ``steps`` steps at the end of a longer schedule.
+    """
+    if not 0.0 <= denoising <= 1.0:
+        raise ValueError(f"denoising_strength={denoising!r} is not valid: it must be a number between 0 and 1.")
+    if fixed_steps:
+        if denoising <= 0:
+            raise ValueError("denoising_strength=0 with fixed steps is an empty schedule")
+        return int(steps / min(denoising, 0.999)), steps - 1
+    return steps, int(min(denoising, 0.999) * steps)
+
+
+def img2img_sigmas(scheduler: str, steps: int, denoising: float, bundle, spec, *,
+                   fixed_steps: bool = False) -> torch.Tensor:
+    """The sigmas an img2img (or, with ``fixed_steps``, hires) pass runs: ``compute_sigmas(total)[total - t_enc
+    - 1:]`` (k-diffusion's rule, used for every sampler; the timestep samplers here work in the same sigma
+    space). With ``fixed_steps`` and ``denoising=0`` it is ``[0]``: nothing to run."""
+    if fixed_steps and denoising == 0:
+        return torch.zeros(1)
+    total, t_enc = img2img_step_counts(steps, denoising, fixed_steps)
+    sigmas = compute_sigmas(scheduler, total, bundle.sigmas, arch=bundle.arch,
+                            discard_penultimate=spec.discard_penultimate)
+    return sigmas[total - t_enc - 1:]
+
+
+def _as_image(image) -> Image.Image:
+    if isinstance(image, (str, Path)):
+        image = Image.open(image)
+        image.load()
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"init_images: expected PIL images (or file paths), got {type(image).__name__}")
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # A1111's img2img_background_color
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def prepare_init_images(p: GenerationParams, init_images) -> tuple[GenerationParams, list[Image.Image]]:
+    """Check the init images against ``batch_size`` (A1111's rules) before any work; returns the parameters
+    with the batch size actually used and the images as RGB."""
+    if init_images is None or isinstance(init_images, (Image.Image, str, Path)):
+        init_images = [init_images] if init_images is not None else []
+    images = [_as_image(im) for im in init_images]
+    if not images:
+        raise ValueError("img2img needs an init image: pass init_images=[PIL image, ...] (or file paths).")
+    if len(images) > 1:
+        if len(images) > p.batch_size:
+            raise ValueError(f"img2img got {len(images)} init images but batch_size={p.batch_size}: pass "
+                             f"batch_size={len(images)} (one image each) or a single image (repeated batch_size "
+                             "times).")
+        p = p.replace(batch_size=len(images))
+    return p, images
+
+
+def init_latents(bundle, p: GenerationParams, images: Sequence[Image.Image]) -> torch.Tensor:
+    """The batch's init latents: images resized (``resize_mode``) and VAE-encoded, one per batch slot."""
+    factor = bundle.vae_scale_factor
+    if p.resize_mode == 3:
+        zs = [torch.nn.functional.interpolate(encode(bundle, [im]), size=(p.height // factor, p.width // factor),
+                                              mode="bilinear") for im in images]
+        z = torch.cat(zs)
+    else:
+        z = encode(bundle, [resize_image(p.resize_mode, im, p.width, p.height) for im in images])
+    if z.shape[0] == 1 and p.batch_size > 1:
+        z = z.repeat(p.batch_size, 1, 1, 1)
+    return z
+
+
+def img2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images, *, hooks: Sequence[Hook] = (),
+                  control: JobControl | None = None, outputs_dir: str | Path | None = None,
+                  progress: Callable[[StepState], None] | None = None,
+                  styles: Mapping[str, Style] | None = None,
+                  infotext_extra: Mapping | None = None) -> Generator[StepState, None, Result]:
+    """Run img2img for ``p`` from ``init_images`` on ``bundle``: yields every step, returns the :class:`Result`
+    (``p.denoising_strength`` None means 0.75). ``infotext_extra`` adds fields to every infotext."""
+    p, images = prepare_init_images(p, init_images)
+    with circular_padding(bundle, p.tiling):
+        return (yield from _img2img(bundle, p, encoder, images, hooks=hooks, control=control,
+                                    outputs_dir=outputs_dir, progress=progress, styles=styles,
+                                    infotext_extra=infotext_extra))
+
+
+def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progress, styles, infotext_extra):
+    control = control or JobControl()
+    start = time.perf_counter()
+    timings = {"encode_s": 0.0, "sample_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+    notes: list[str] = []
+    spec = SAMPLERS[p.sampler_name]
+    denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
+    styled_prompt, styled_negative, prompt, negative = styled_prompts(p, styles, notes)
+    seed, subseed = fix_seed(p.seed), fix_seed(p.subseed)
+    all_seeds, all_subseeds = image_seeds(seed, subseed, p.subseed_strength, p.total_images)
+
+    t = time.perf_counter()
+    sigmas = img2img_sigmas(p.scheduler_used, p.steps, denoising, bundle, spec)
+    plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, name="img2img")
+    init = init_latents(bundle, p, images)
+    timings["encode_s"] += time.perf_counter() - t
+    factor = bundle.vae_scale_factor
+    shape = tuple(init.shape[1:])
+    denoiser = Denoiser(bundle.unet, bundle.alphas_cumprod, bundle.prediction_type)
+
+    out_images, latents_out, infotexts, paths, seeds_out, subseeds_out = [], [], [], [], [], []
+    interrupted = False
+    for n in range(p.n_iter):
+        if control.interrupt.is_set():
+            interrupted = True
+            break
+        control.skip.clear()
+        seeds = all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
+        subseeds = all_subseeds[n * p.batch_size:(n + 1) * p.batch_size]
+        outcome = yield from run_pass(plan, denoiser, p, seeds, subseeds, shape, init=init,
+                                      extra_noise=p.extra_noise, downscale=factor, hooks=hooks, control=control,
+                                      progress=progress, notes=notes, timings=timings, extra={"iteration": n})
+        interrupted = interrupted or outcome.interrupted
+        if outcome.x is None:
+            break
+        x = outcome.x
+        t = time.perf_counter()
+        batch_images = decode(bundle, x, notes)
+        timings["decode_s"] += time.perf_counter() - t
+        for i, image in enumerate(batch_images):
+            fields = infotext_fields(p, bundle, seeds[i], subseeds[i], spec.func, job="img2img",
+                                     denoising=denoising, extra=infotext_extra)
+            text = format_infotext(styled_prompt, styled_negative, fields)
+            t = time.perf_counter()
+            path = None
+            if outputs_dir is not None:
+                path = save_image(image, Path(outputs_dir) / "img2img-images", seed=seeds[i], infotext=text)
+            timings["save_s"] += time.perf_counter() - t
+            out_images.append(image)
+            infotexts.append(text)
+            paths.append(path)
+        latents_out.append(x.detach().float().cpu())
+        seeds_out += seeds
+        subseeds_out += subseeds
+        if interrupted:
+            break
+
+    timings["total_s"] = time.perf_counter() - start
+    timings["model_calls"] = denoiser.calls
+    if memory_line(bundle.device):
+        timings["memory"] = memory_line(bundle.device)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    latents = torch.cat(latents_out) if latents_out else torch.empty((0, *shape))
+    return Result(out_images, infotexts, seeds_out, subseeds_out, latents, p, timings, paths, interrupted, notes)
+
+
+def loopback_denoising(loop: int, loops: int, initial: float, final: float, curve: str = "Linear") -> float:
+    """A1111's loopback script: the denoising strength of loop ``loop`` (0-based) of ``loops``: from ``initial``
+    to ``final`` along ``curve`` ("Linear", "Aggressive" = sine, fast first; "Lazy" = 1 - cosine, slow first)."""
+    if loops == 1:
+        return initial
+    progress = loop / (loops - 1)
+    if curve == "Aggressive":
+        strength = math.sin(progress * math.pi * 0.5)
+    elif curve == "Lazy":
+        strength = 1 - math.cos(progress * math.pi * 0.5)
+    else:
+        strength = progress
+    return initial + (final - initial) * strength
+
+
+def loopback_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images, *, loops: int = 4,
+                   final_denoising_strength: float = 0.5, denoising_curve: str = "Linear",
+                   hooks: Sequence[Hook] = (), control: JobControl | None = None,
+                   outputs_dir: str | Path | None = None, progress: Callable[[StepState], None] | None = None,
+                   styles: Mapping[str, Style] | None = None) -> Generator[StepState, None, Result]:
+    """A1111's Loopback script: img2img ``loops`` times, each output the next input.
+
+    Each loop uses the next seed (``seed, seed + 1, ...``, continuing across ``n_iter`` batches) and the
+    denoising strength :func:`loopback_denoising` gives for it (``denoising_strength`` -> ``final_denoising_
+    strength``); every ``n_iter`` batch restarts from the init image and the initial strength. Batch size is 1.
+    Like A1111, the result holds every loop's image when ``n_iter == 1``, else the last image of each batch (all
+    are saved). Infotexts add ``Final denoising strength`` and ``Denoising curve``.
+    """
+    if not isinstance(loops, int) or isinstance(loops, bool) or loops < 1:
+        raise ValueError(f"loops={loops!r} is not valid: it must be an integer >= 1.")
+    if not (isinstance(final_denoising_strength, (int, float)) and 0 <= final_denoising_strength <= 1):
+        raise ValueError(f"final_denoising_strength={final_denoising_strength!r} is not valid: it must be a "
+                         "number between 0 and 1.")
+    if denoising_curve not in DENOISING_CURVES:
+        raise ValueError(f"denoising_curve={denoising_curve!r} is not valid: it must be one of "
+                         f"{', '.join(DENOISING_CURVES)}.")
+    p1 = p.replace(batch_size=1, n_iter=1)
+    _, images = prepare_init_images(p1, init_images)
+    if len(images) != 1:
+        raise ValueError(f"loopback takes one init image, got {len(images)}")
+    control = control or JobControl()
+    initial = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
+    extra = {"Final denoising strength": float(final_denoising_strength), "Denoising curve": denoising_curve}
+    seed = seed0 = fix_seed(p.seed)
+    kept: list[Result] = []
+    all_results: list[Result] = []
+    interrupted = False
+    for _ in range(p.n_iter):
+        image, last = images[0], None
+        denoising = initial
+        for i in range(loops):
+            loop_p = p1.replace(seed=seed, denoising_strength=denoising)
+            r = yield from img2img_steps(bundle, loop_p, encoder, [image], hooks=hooks, control=control,
+                                         outputs_dir=outputs_dir, progress=progress, styles=styles,
+                                         infotext_extra=extra)
+            all_results.append(r)
+            if r.interrupted or control.interrupt.is_set():
+                interrupted = True
+                break
+            seed += 1
+            denoising = loopback_denoising(i + 1, loops, initial, float(final_denoising_strength),
+                                           denoising_curve)
+            if control.skip.is_set():
+                break
+            last, image = r, r.image
+            if p.n_iter == 1:
+                kept.append(r)
+        if p.n_iter > 1 and last is not None and not control.skip.is_set() and not interrupted:
+            kept.append(last)
+        if interrupted:
+            break
+    timings = {key: sum(r.timings.get(key, 0.0) for r in all_results)
+               for key in ("encode_s", "sample_s", "decode_s", "save_s", "total_s", "model_calls")}
+    notes = list(dict.fromkeys(w for r in all_results for w in r.warnings))
+    latents = torch.cat([r.latents for r in kept]) if kept else torch.empty(0)
+    return Result([im for r in kept for im in r.images], [t for r in kept for t in r.infotexts],
+                  [s for r in kept for s in r.seeds], [s for r in kept for s in r.subseeds], latents,
+                  p.replace(seed=seed0), timings,
+                  [q for r in kept for q in r.paths], interrupted, notes)
