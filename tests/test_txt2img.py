@@ -160,8 +160,8 @@ def test_no_model_loaded_says_how_to_load():
 
 
 def test_extra_network_tags_are_removed_and_reported(session):
-    with pytest.warns(UserWarning, match="<lora:detail>"):
-        r = session.txt2img(**{**BASE, "prompt": "a red circle <lora:detail:0.6>"})
+    with pytest.warns(UserWarning, match="<hypernet:detail>"):
+        r = session.txt2img(**{**BASE, "prompt": "a red circle <hypernet:detail:0.6>"})
     plain = session.txt2img(**BASE)
     assert np.array_equal(pixels(r), pixels(plain))
     assert r.warnings

@@ -90,6 +90,7 @@ class Session:
         self.encoder: TextEncoder | None = None
         self.last_result: Result | None = None
         self._control = JobControl()
+        self._loras = {}  # (path, mtime) -> LoRA read from disk
 
     # models -----------------------------------------------------------------------------------------------
     @property
@@ -169,8 +170,19 @@ class Session:
         bundle.to(self.device, self.dtype)
         self.unload()
         self.model = bundle
-        self.encoder = TextEncoder(bundle)
+        self.encoder = TextEncoder(bundle, embeddings=self._embeddings_for(bundle))
         return bundle
+
+    def _embeddings_for(self, bundle: ModelBundle):
+        """The textual-inversion embeddings of ``models_dir`` that fit ``bundle`` (None without a folder)."""
+        if self.folders is None:
+            return None
+        from .models.embeddings import load_embeddings
+
+        folders = self.folders.folders("embeddings")
+        if not folders:
+            return None
+        return load_embeddings(folders[0], bundle=bundle)
 
     def load_vae(self, vae: str | Path | torch.nn.Module | None) -> ModelBundle:
         """Use another VAE with the current model: a VAE file (LDM or diffusers layout), a name in the VAE
@@ -184,9 +196,15 @@ class Session:
                 bundle.info["vae"] = "checkpoint"
                 self._original_vae = None
             return bundle
+        vae_hash = None
         if not isinstance(vae, torch.nn.Module):
-            vae = load_vae(self._resolve(vae, "vae"), device=self.device, dtype=self.dtype)
+            from .models.hashing import model_hash
+
+            path = self._resolve(vae, "vae")
+            vae = load_vae(path, device=self.device, dtype=self.dtype)
+            vae_hash = model_hash(path)
         old = swap_vae(bundle, vae)
+        bundle.info["vae_hash"] = vae_hash
         if self._original_vae is None:
             self._original_vae = old
         return bundle
@@ -218,8 +236,59 @@ class Session:
         bundle = self._require_model()
         self._control.interrupt.clear()
         self._control.skip.clear()
+        self.encoder.clear_used_embeddings()
         return bundle, dict(hooks=[*self.hooks, *(hooks or [])], control=self._control,
                             outputs_dir=self.outputs_dir, styles=self.styles)
+
+    def _networks(self, p: GenerationParams):
+        """Merge the prompt's ``<lora:name:w>`` tags into the model for one job; a handle to undo it, or None.
+
+        Every file is found, read and checked against the model before any weight changes.
+        """
+        from .jobs.txt2img import apply_styled
+        from .prompts.parser import extract_extra_networks
+
+        texts = [apply_styled(p, self.styles)[0]]
+        if p.enable_hr and p.hr_prompt:
+            texts.append(p.hr_prompt)
+        tags = [n for t in texts for n in extract_extra_networks(t)[1] if n.kind in ("lora", "lyco")]
+        if not tags:
+            return None
+        if self.folders is None:
+            names = ", ".join(f"<{t.kind}:{t.name}>" for t in tags)
+            raise ValueError(f"The prompt uses {names}, but LoRAs are looked up in a models folder: create the "
+                             "session with Session(models_dir=...) (an A1111 or ComfyUI folder).")
+        from .models.lora import apply_loras, load_lora, lora_tag_weights
+
+        entries, seen = [], set()
+        for tag in tags:
+            if tag.name in seen:
+                continue
+            seen.add(tag.name)
+            path = self.folders.find("loras", tag.name)
+            key = (str(path), path.stat().st_mtime_ns)
+            lora = self._loras.get(key) or self._loras.setdefault(key, load_lora(path))
+            weights = lora_tag_weights(tag)
+            entries.append((lora, weights.unet, weights.te))
+        bundle = self.model
+        handle = apply_loras(bundle, entries)
+        bundle.applied_loras = [lora for lora, _, _ in entries]
+        if handle.text_encoder_changed:
+            self.encoder.cache_tag = tuple((lora.sha256, te) for lora, _, te in entries)
+        return handle
+
+    def _with_networks(self, p: GenerationParams, gen):
+        """Run a job generator with the prompt's LoRAs merged, and unmerged afterwards (also on error)."""
+        handle = self._networks(p)
+        try:
+            return (yield from gen)
+        finally:
+            if handle is not None:
+                handle.restore()
+                self.model.applied_loras = []
+                self.encoder.cache_tag = None
+
+    _loras: dict = {}
 
     def _run(self, gen, total: int, desc: str) -> Result:
         """Drive a job generator to its Result, with a progress bar when ``self.progress``."""
@@ -245,14 +314,14 @@ class Session:
     def _txt2img_job(self, params: dict, hooks: Sequence[Hook] | None):
         p = GenerationParams.from_kwargs(**params)
         bundle, kw = self._start(hooks)
-        return p, txt2img_steps(bundle, p, self.encoder, **kw)
+        return p, self._with_networks(p, txt2img_steps(bundle, p, self.encoder, **kw))
 
     def _img2img_job(self, init_images, params: dict, hooks: Sequence[Hook] | None):
         from .jobs.img2img import img2img_steps
 
         p = GenerationParams.from_kwargs(**params)
         bundle, kw = self._start(hooks)
-        return p, img2img_steps(bundle, p, self.encoder, init_images, **kw)
+        return p, self._with_networks(p, img2img_steps(bundle, p, self.encoder, init_images, **kw))
 
     def txt2img(self, *, hooks: Sequence[Hook] | None = None, **params) -> Result:
         """Generate images from text. Parameters are A1111's API fields (``prompt``, ``steps``, ``seed``, ...);
@@ -275,8 +344,9 @@ class Session:
 
         p = GenerationParams.from_kwargs(**params)
         bundle, kw = self._start(hooks)
-        gen = loopback_steps(bundle, p, self.encoder, init_images, loops=loops,
-                             final_denoising_strength=final_denoising_strength, denoising_curve=denoising_curve, **kw)
+        gen = self._with_networks(p, loopback_steps(
+            bundle, p, self.encoder, init_images, loops=loops, final_denoising_strength=final_denoising_strength,
+            denoising_curve=denoising_curve, **kw))
         return self._run(gen, p.steps * loops * p.n_iter, "Loopback")
 
     def hires_fix(self, result: Result | None = None, *, indices=None, hooks: Sequence[Hook] | None = None,
@@ -289,7 +359,8 @@ class Session:
         if result is None:
             raise ValueError("hires_fix needs a result: run txt2img first or pass result=...")
         bundle, kw = self._start(hooks)
-        gen = hires_fix_steps(bundle, result, self.encoder, indices=indices, **changes, **kw)
+        gen = self._with_networks(result.params, hires_fix_steps(bundle, result, self.encoder, indices=indices,
+                                                                 **changes, **kw))
         return self._run(gen, result.params.hr_second_pass_steps or result.params.steps, "Hires fix")
 
     def steps(self, *, init_images=None, hooks: Sequence[Hook] | None = None, **params) -> StepRun:

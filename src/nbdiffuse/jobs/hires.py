@@ -41,6 +41,7 @@ from .txt2img import (
     Hook,
     JobControl,
     PassPlan,
+    applied_names,
     decode,
     encode,
     infotext_fields,
@@ -88,7 +89,7 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
     sigmas = img2img_sigmas(p.hr_scheduler_used, steps, denoising, bundle, spec2, fixed_steps=True)
     hp = p.replace(prompt=p.hr_prompt or p.prompt, negative_prompt=p.hr_negative_prompt or p.negative_prompt)
     own_notes: list[str] = []
-    _, _, prompt, negative = styled_prompts(hp, styles, own_notes)
+    _, _, prompt, negative = styled_prompts(hp, styles, own_notes, applied_names(bundle))
     if notes is not None:
         notes.extend(n for n in own_notes if n not in notes)
     first_total = p.steps * 2 if spec1.second_order else p.steps
@@ -171,7 +172,7 @@ def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, 
     start = time.perf_counter()
     timings = {"encode_s": 0.0, "sample_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
     notes: list[str] = []
-    styled_prompt, styled_negative, _, _ = styled_prompts(p, styles, notes)
+    styled_prompt, styled_negative, _, _ = styled_prompts(p, styles, notes, applied_names(bundle))
     t = time.perf_counter()
     plan = plan_hires(bundle, p, encoder, styles, notes)
     timings["encode_s"] += time.perf_counter() - t
@@ -195,7 +196,8 @@ def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, 
         timings["decode_s"] += time.perf_counter() - t
         for i, image in enumerate(batch):
             text = format_infotext(styled_prompt, styled_negative,
-                                   infotext_fields(p, bundle, bs[i], bsub[i], func, denoising=plan.denoising))
+                                   infotext_fields(p, bundle, bs[i], bsub[i], func, denoising=plan.denoising,
+                                                   encoder=encoder))
             path = None
             if outputs_dir is not None:
                 path = save_image(image, Path(outputs_dir) / "txt2img-images", seed=bs[i], infotext=text)

@@ -41,6 +41,7 @@ from .tiling import circular_padding
 from .txt2img import (
     Hook,
     JobControl,
+    applied_names,
     decode,
     encode,
     infotext_fields,
@@ -149,7 +150,7 @@ def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progres
     notes: list[str] = []
     spec = SAMPLERS[p.sampler_name]
     denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
-    styled_prompt, styled_negative, prompt, negative = styled_prompts(p, styles, notes)
+    styled_prompt, styled_negative, prompt, negative = styled_prompts(p, styles, notes, applied_names(bundle))
     seed, subseed = fix_seed(p.seed), fix_seed(p.subseed)
     all_seeds, all_subseeds = image_seeds(seed, subseed, p.subseed_strength, p.total_images)
 
@@ -183,7 +184,7 @@ def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progres
         timings["decode_s"] += time.perf_counter() - t
         for i, image in enumerate(batch_images):
             fields = infotext_fields(p, bundle, seeds[i], subseeds[i], spec.func, job="img2img",
-                                     denoising=denoising, extra=infotext_extra)
+                                     denoising=denoising, extra=infotext_extra, encoder=encoder)
             text = format_infotext(styled_prompt, styled_negative, fields)
             t = time.perf_counter()
             path = None

@@ -24,6 +24,7 @@ from .. import __version__
 from ..io.infotext import build_fields
 from ..io.infotext import format as format_infotext
 from ..io.outputs import save_image
+from ..models.lora import lora_hashes
 from ..prompts.conditioning import TextEncoder
 from ..prompts.parser import Style, apply_styles, extract_extra_networks
 from ..sampling.base import StepState
@@ -60,12 +61,14 @@ def sampler_options(p: GenerationParams, func: Callable) -> dict:
 
 
 def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: Callable, *,
-                    job: str = "txt2img", denoising: float | None = None, extra: Mapping | None = None) -> dict:
+                    job: str = "txt2img", denoising: float | None = None, extra: Mapping | None = None,
+                    encoder: TextEncoder | None = None) -> dict:
     """A1111's parameter line for one image, in A1111's key order.
 
     ``job`` is "txt2img" (hires fields when ``p.enable_hr``), or "img2img" (``Denoising strength`` and
     ``Extra noise``); ``denoising`` is the strength actually used; ``extra`` adds fields (loopback's) after the
-    job's own.
+    job's own. LoRAs merged into ``bundle`` for this job give ``Lora hashes``; embeddings ``encoder`` used give
+    ``TI hashes``.
     """
     core = {
         "Steps": p.steps,
@@ -76,6 +79,8 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
         "Size": f"{p.width}x{p.height}",
         "Model hash": bundle.hash,
         "Model": bundle.name,
+        "VAE hash": bundle.info.get("vae_hash") if _external_vae(bundle) else None,
+        "VAE": Path(bundle.info["vae"]).stem if _external_vae(bundle) else None,
         "Variation seed": subseed if p.subseed_strength else None,
         "Variation seed strength": p.subseed_strength or None,
         "Seed resize from": (f"{p.seed_resize_from_w}x{p.seed_resize_from_h}"
@@ -104,6 +109,10 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
             fields["Hires steps"] = p.hr_second_pass_steps
         if p.hr_upscaler is not None:
             fields["Hires upscaler"] = p.hr_upscaler
+    if bundle.applied_loras:
+        fields["Lora hashes"] = lora_hashes(bundle.applied_loras)
+    if encoder is not None and encoder.used_embeddings:
+        fields["TI hashes"] = encoder.ti_hashes
     accepted = inspect.signature(func).parameters
     if p.eta is not None and "eta" in accepted and p.eta != accepted["eta"].default:
         fields["Eta DDIM" if p.sampler_name == "DDIM" else "Eta"] = p.eta
@@ -120,6 +129,10 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
     fields["RNG"] = "CPU"  # A1111's default draws noise on the GPU; ours is CPU noise, named so A1111 can match it
     fields["Version"] = f"nbdiffuse {__version__}"
     return build_fields(core, fields)
+
+
+def _external_vae(bundle) -> bool:
+    return bundle.info.get("vae") not in (None, "checkpoint")
 
 
 def apply_styled(p: GenerationParams, styles: Mapping[str, Style]) -> tuple[str, str]:
@@ -315,16 +328,26 @@ def memory_line(device: torch.device) -> str | None:
             f"Sys: {(total - free) / 2**30:.1f}/{total / 2**30:.4g} GB ({(total - free) / total * 100:.1f}%)")
 
 
-def styled_prompts(p: GenerationParams, styles: Mapping[str, Style] | None, notes: list[str]
-                   ) -> tuple[str, str, str, str]:
-    """``(styled prompt, styled negative, prompt, negative)``: the last two without extra-network tags."""
+def styled_prompts(p: GenerationParams, styles: Mapping[str, Style] | None, notes: list[str],
+                   applied: Sequence[str] = ()) -> tuple[str, str, str, str]:
+    """``(styled prompt, styled negative, prompt, negative)``: the last two without extra-network tags.
+
+    Tags whose network is not in ``applied`` (the names of the LoRAs the caller merged) are reported in ``notes``.
+    """
     styled_prompt, styled_negative = apply_styled(p, styles or {})
     prompt, networks = extract_extra_networks(styled_prompt)
     negative, neg_networks = extract_extra_networks(styled_negative)
-    if networks or neg_networks:
-        names = ", ".join(f"<{n.kind}:{n.name}>" for n in [*networks, *neg_networks])
-        notes.append(f"Extra-network tags are not applied yet and were removed from the prompt: {names}")
+    ignored = [n for n in networks if n.name not in applied] + neg_networks
+    if ignored:
+        names = ", ".join(f"<{n.kind}:{n.name}>" for n in ignored)
+        notes.append(f"Extra-network tags not applied (only positive-prompt <lora:...> tags with a models folder "
+                     f"are) and removed from the prompt: {names}")
     return styled_prompt, styled_negative, prompt, negative
+
+
+def applied_names(bundle) -> list[str]:
+    """Names of the LoRAs merged into ``bundle`` for the running job."""
+    return [lora.name for lora in bundle.applied_loras]
 
 
 def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: Sequence[Hook] = (),
@@ -345,7 +368,7 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
     notes: list[str] = []
     spec = SAMPLERS[p.sampler_name]
     device = bundle.device
-    styled_prompt, styled_negative, prompt, negative = styled_prompts(p, styles, notes)
+    styled_prompt, styled_negative, prompt, negative = styled_prompts(p, styles, notes, applied_names(bundle))
 
     seed, subseed = fix_seed(p.seed), fix_seed(p.subseed)
     all_seeds, all_subseeds = image_seeds(seed, subseed, p.subseed_strength, p.total_images)
@@ -392,7 +415,7 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
         batch_images = decode(bundle, x, notes)
         timings["decode_s"] += time.perf_counter() - t
         for i, image in enumerate(batch_images):
-            fields = infotext_fields(p, bundle, seeds[i], subseeds[i], spec.func,
+            fields = infotext_fields(p, bundle, seeds[i], subseeds[i], spec.func, encoder=encoder,
                                      denoising=hires.denoising if hires is not None else None)
             text = format_infotext(styled_prompt, styled_negative, fields)
             t = time.perf_counter()

@@ -27,6 +27,7 @@ class ModelBundle:
     path: str | None = None
     hash: str | None = None  # A1111 "Model hash": first 10 hex of the file's sha256
     info: dict = field(default_factory=dict)  # what the loader found and how long each stage took
+    applied_loras: list = field(default_factory=list)  # LoRAs merged into the weights right now (during a job)
 
     @property
     def sigmas(self) -> torch.Tensor:

@@ -226,6 +226,7 @@ class TextEncoder:
         self.bundle = bundle
         self.emphasis = emphasis
         self.cache: dict[tuple, Cond] = {}
+        self.cache_tag = None  # set while a LoRA changes the text encoder's weights
         self.calls = 0  # encoder forward passes (one per chunk and encoder)
         self._embeddings = None
         self._used_by_key: dict[tuple, tuple] = {}
@@ -316,6 +317,8 @@ class TextEncoder:
 
     def encode(self, text: str, clip_skip: int = 1) -> Cond:
         key = (text, clip_skip if self.bundle.arch != "sdxl" else 1, self.emphasis)
+        if self.cache_tag is not None:  # LoRAs merged into the text encoder change every encoding
+            key = (*key, ("weights", self.cache_tag))
         db = self._active_embeddings()
         if db is not None:
             key = (*key, ("embeddings", self._embeddings.version))
