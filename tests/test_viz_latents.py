@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from nbdiffuse.inspect.previews import LATENT_RGB_FACTORS
 from nbdiffuse.jobs.params import GenerationParams
 from nbdiffuse.jobs.txt2img import txt2img_steps
 from nbdiffuse.prompts.conditioning import TextEncoder
 from nbdiffuse.viz.latents import (
-    LATENT_RGB_FACTORS,
     approx_rgb,
     compare_upscalers,
     explain_hires,

@@ -231,9 +231,15 @@ class Session:
         return count_tokens(prompt, tokenizer)
 
     # jobs -------------------------------------------------------------------------------------------------
-    def _start(self, hooks: Sequence[Hook] | None) -> tuple[ModelBundle, dict]:
-        """The loaded model and the job keywords every job takes; clears the stop flags."""
+    def _start(self, hooks: Sequence[Hook] | None, preview: int | None = None) -> tuple[ModelBundle, dict]:
+        """The loaded model and the job keywords every job takes; clears the stop flags. ``preview=N`` shows the
+        x0 estimate every N steps in the notebook (A1111's "Approx cheap", updated in place)."""
         bundle = self._require_model()
+        hooks = list(hooks or [])
+        if preview:
+            from .inspect.previews import preview_hook
+
+            hooks.append(preview_hook(int(preview), session=self))
         self._control.interrupt.clear()
         self._control.skip.clear()
         self.encoder.clear_used_embeddings()
@@ -311,29 +317,31 @@ class Session:
         self.last_result = result
         return result
 
-    def _txt2img_job(self, params: dict, hooks: Sequence[Hook] | None):
+    def _txt2img_job(self, params: dict, hooks: Sequence[Hook] | None, preview: int | None = None):
         p = GenerationParams.from_kwargs(**params)
-        bundle, kw = self._start(hooks)
+        bundle, kw = self._start(hooks, preview)
         return p, self._with_networks(p, txt2img_steps(bundle, p, self.encoder, **kw))
 
-    def _img2img_job(self, init_images, params: dict, hooks: Sequence[Hook] | None):
+    def _img2img_job(self, init_images, params: dict, hooks: Sequence[Hook] | None, preview: int | None = None):
         from .jobs.img2img import img2img_steps
 
         p = GenerationParams.from_kwargs(**params)
-        bundle, kw = self._start(hooks)
+        bundle, kw = self._start(hooks, preview)
         return p, self._with_networks(p, img2img_steps(bundle, p, self.encoder, init_images, **kw))
 
-    def txt2img(self, *, hooks: Sequence[Hook] | None = None, **params) -> Result:
+    def txt2img(self, *, hooks: Sequence[Hook] | None = None, preview: int | None = None, **params) -> Result:
         """Generate images from text. Parameters are A1111's API fields (``prompt``, ``steps``, ``seed``, ...);
-        ``enable_hr=True`` adds the hires-fix second pass, ``tiling=True`` makes seamless textures."""
-        p, gen = self._txt2img_job(params, hooks)
+        ``enable_hr=True`` adds the hires-fix second pass, ``tiling=True`` makes seamless textures,
+        ``preview=N`` shows a live x0 preview every N steps."""
+        p, gen = self._txt2img_job(params, hooks, preview)
         steps = p.steps + ((p.hr_second_pass_steps or p.steps) if p.enable_hr else 0)
         return self._run(gen, steps * p.n_iter, p.sampler_name)
 
-    def img2img(self, init_images=None, *, hooks: Sequence[Hook] | None = None, **params) -> Result:
+    def img2img(self, init_images=None, *, hooks: Sequence[Hook] | None = None, preview: int | None = None,
+                **params) -> Result:
         """img2img from PIL images (or paths) with A1111's fields (``denoising_strength``, ``resize_mode``,
         ``extra_noise``, ...); images are saved under ``img2img-images/``."""
-        p, gen = self._img2img_job(init_images, params, hooks)
+        p, gen = self._img2img_job(init_images, params, hooks, preview)
         return self._run(gen, p.steps * p.n_iter, p.sampler_name)
 
     def loopback(self, init_images=None, *, loops: int = 4, final_denoising_strength: float = 0.5,
@@ -369,6 +377,34 @@ class Session:
         if init_images is not None:
             return StepRun(self._img2img_job(init_images, params, hooks)[1])
         return StepRun(self._txt2img_job(params, hooks)[1])
+
+    # the open loop ------------------------------------------------------------------------------------------
+    def panel(self, lang: str | None = None, **options):
+        """A1111's txt2img screen for this session, as ipywidgets (``session.panel()`` last in a cell shows it)."""
+        from .ui import Panel
+
+        return Panel(self, lang=lang, **options)
+
+    def debug(self, *, hooks: Sequence[Hook] | None = None, **params):
+        """A step-through debugger for a generation (txt2img params, or img2img with ``init_images``):
+        ``dbg.step()``, ``dbg.run_to(7)``, ``dbg.state``, ``dbg.preview()``, ``dbg.set_latent(x)``, ``dbg.finish()``."""
+        from .inspect import Debugger
+
+        return Debugger(self, hooks=hooks, **params)
+
+    def probe(self, modules="Transformer2DModel", **kwargs):
+        """``with session.probe("Transformer2DModel") as probe:`` captures UNet module outputs (or inputs) at every
+        step, cond and uncond halves apart, on the CPU, within a memory budget; hooks go away on exit."""
+        from .inspect import Probe
+
+        return Probe(self, modules=modules, **kwargs)
+
+    def attention_maps(self, words=(), **kwargs):
+        """``with session.attention_maps(["circle"]) as maps:`` records cross-attention per prompt token;
+        ``maps.heatmap("circle")``, ``maps.overlay(image, "circle")``."""
+        from .inspect import AttentionMaps
+
+        return AttentionMaps(self, words=words, **kwargs)
 
     def interrupt(self) -> None:
         """Stop the running job after its current step (safe from any thread); what finished is kept."""

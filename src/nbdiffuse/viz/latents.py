@@ -24,13 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-#: A1111's "Approx cheap" latent -> RGB factors (rows: latent channels).
-LATENT_RGB_FACTORS = {
-    "sd1": [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]],
-    "sdxl": [[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0.1074, 0.0886, -0.0163],
-             [-0.3730, -0.2499, -0.2088]],
-}
-LATENT_RGB_FACTORS["sd2"] = LATENT_RGB_FACTORS["sd1"]
+from ..inspect.previews import cheap_preview
 
 
 def _figure(**kwargs):
@@ -52,13 +46,7 @@ def _latent(latents, index: int = 0) -> torch.Tensor:
 
 def approx_rgb(latents, arch: str = "sd1", factors=None, index: int = 0) -> Image.Image:
     """A1111's cheap preview at latent resolution: ``rgb = latent . factors * 0.5 + 0.5``, clamped, x255."""
-    z = _latent(latents, index)
-    m = torch.tensor(factors if factors is not None else LATENT_RGB_FACTORS.get(arch, LATENT_RGB_FACTORS["sd1"]),
-                     dtype=torch.float32)
-    if m.shape[0] != z.shape[0]:
-        raise ValueError(f"{z.shape[0]} latent channels but the factors have {m.shape[0]} rows")
-    rgb = torch.einsum("chw,cr->hwr", z, m) * 0.5 + 0.5
-    return Image.fromarray((rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+    return cheap_preview(_latent(latents, index), factors if factors is not None else arch)
 
 
 def show_latents(latents, *, arch: str = "sd1", factors=None, index: int = 0, title: str | None = None):

@@ -1,0 +1,148 @@
+"""What probes and attention maps share: telling which sampler step a UNet call belongs to, and which rows of
+the UNet batch are the positive (cond) and negative (uncond) halves of classifier-free guidance."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+
+import torch
+
+
+def batch_layout(sample: torch.Tensor) -> tuple[int, int]:
+    """``(entries, batch)`` of a guided UNet batch, read off the UNet's input.
+
+    :class:`~nbdiffuse.sampling.guidance.CFGDenoiser` sends ``x.repeat(entries, 1, 1, 1)``: the same ``batch``
+    latents once per entry (the positive ``AND`` parts, then the negative prompt), entry-major. The input is
+    therefore periodic with period ``batch`` (the images of one batch start from different noise, so the period is
+    exactly the batch size), and ``entries = rows // batch``. With CFG scale 1 and one positive part the negative
+    half is skipped and ``entries == 1``.
+    """
+    rows = sample.shape[0]
+    for period in range(1, rows + 1):
+        if rows % period:
+            continue
+        first = sample[:period]
+        if all(torch.equal(sample[k * period:(k + 1) * period], first) for k in range(1, rows // period)):
+            return rows // period, period
+    return 1, rows  # unreachable: period == rows always matches
+
+
+def split_rows(entries: int, batch: int) -> tuple[slice, slice | None]:
+    """Row slices ``(cond, uncond)`` for a layout: all positive parts, then the negative prompt (or ``None``)."""
+    if entries <= 1:
+        return slice(0, batch), None
+    return slice(0, (entries - 1) * batch), slice((entries - 1) * batch, entries * batch)
+
+
+class StepTracker:
+    """Attributes UNet calls to sampler steps.
+
+    The step index is :attr:`StepState.i <nbdiffuse.sampling.base.StepState.i>` (0-based) of the step during which
+    the call happened: a sampler hook (:meth:`hook`) runs after every step and advances the counter, so the calls
+    made before the hook of step ``i`` belong to step ``i``. ``call`` counts the UNet calls within the current step
+    (second-order samplers make two); probes record the first. Only the first batch (``n_iter`` iteration) of the
+    first job is tracked: after its last step ``done`` is set.
+
+    ``install()`` appends :meth:`hook` to ``session.hooks`` (a job reads that list when it starts: enter the probe
+    before starting the job); for a bare bundle, pass ``tracker.hook`` in the job's ``hooks=``.
+    """
+
+    def __init__(self, session=None):
+        self.session = session
+        self.step = 0
+        self.call = -1
+        self.done = False
+        self.layout: tuple[int, int] = (1, 1)
+        self.latent_hw: tuple[int, int] | None = None
+        self._installed = False
+        self._handle = None
+
+    def hook(self, state) -> None:
+        if self.done:
+            return
+        if state.extra.get("iteration", 0) > 0:
+            self.done = True
+            return
+        self.step = state.i + 1
+        self.call = -1
+        if state.i + 1 >= state.total:
+            self.done = True
+
+    def unet_pre_hook(self, module, args, kwargs) -> None:
+        sample = args[0] if args else kwargs.get("sample")
+        if sample is None or self.done:
+            return
+        self.call += 1
+        self.layout = batch_layout(sample)
+        self.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+
+    @property
+    def first_call(self) -> bool:
+        return not self.done and self.call == 0
+
+    def install(self, unet: torch.nn.Module) -> None:
+        self._handle = unet.register_forward_pre_hook(self.unet_pre_hook, with_kwargs=True)
+        hooks = getattr(self.session, "hooks", None)
+        if isinstance(hooks, list):
+            self._bound = self.hook
+            hooks.append(self._bound)
+            self._installed = True
+
+    def remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self._installed:
+            hooks = self.session.hooks
+            for k, h in enumerate(hooks):
+                if h is self._bound:
+                    del hooks[k]
+                    break
+            self._installed = False
+
+
+def unet_of(session_or_bundle) -> torch.nn.Module:
+    """The UNet of a Session (its loaded model), a ModelBundle, or a UNet given directly."""
+    model = getattr(session_or_bundle, "model", None)
+    if model is not None and hasattr(model, "unet"):
+        return model.unet
+    if hasattr(session_or_bundle, "unet"):
+        return session_or_bundle.unet
+    if isinstance(session_or_bundle, torch.nn.Module):
+        return session_or_bundle
+    raise RuntimeError("No model is loaded: call session.load(...) first.")
+
+
+def select_modules(root: torch.nn.Module, selectors, candidates: Callable[[str, torch.nn.Module], bool] | None = None,
+                   what: str = "module") -> dict[str, torch.nn.Module]:
+    """Modules of ``root`` chosen by class name, module path (exact, prefix or ``fnmatch`` pattern) or predicate.
+
+    A string is first tried as a class name (``"Transformer2DModel"``), then as a path: an exact path
+    (``"down_blocks.1.attentions.0"``), a glob (``"up_blocks.*.attentions.*"``) or, for ``candidates`` lists,
+    a path prefix (``"up_blocks.1"`` selects every candidate under it). A callable is called as
+    ``predicate(path, module)``. A selector that matches nothing raises ``ValueError`` naming some paths.
+    """
+    if selectors is None:
+        selectors = [lambda name, m: True]
+    elif isinstance(selectors, str) or callable(selectors):
+        selectors = [selectors]
+    named = [(n, m) for n, m in root.named_modules() if n and (candidates is None or candidates(n, m))]
+    chosen: dict[str, torch.nn.Module] = {}
+    for sel in selectors:
+        if callable(sel):
+            hits = [(n, m) for n, m in named if sel(n, m)]
+        else:
+            hits = [(n, m) for n, m in named if type(m).__name__ == sel]
+            if not hits:
+                hits = [(n, m) for n, m in named
+                        if n == sel or fnmatch.fnmatchcase(n, sel)
+                        or (candidates is not None and n.startswith(sel + "."))]
+        if not hits:
+            examples = ", ".join(n for n, _ in named[:8])
+            classes = sorted({type(m).__name__ for _, m in named})[:12]
+            raise ValueError(f"{what} selector {sel!r} matches nothing; paths look like: {examples}, ...; "
+                             f"classes: {', '.join(classes)}")
+        for n, m in hits:
+            chosen.setdefault(n, m)
+    return chosen

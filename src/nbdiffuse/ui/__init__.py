@@ -1,0 +1,10 @@
+"""The notebook control panel (ipywidgets): the only part of nbdiffuse that imports widget libraries.
+
+>>> from nbdiffuse.ui import Panel
+>>> Panel(session)            # doctest: +SKIP
+"""
+
+from .labels import default_lang, labels
+from .panel import Panel, build_panel
+
+__all__ = ["Panel", "build_panel", "default_lang", "labels"]

@@ -1,0 +1,98 @@
+"""The panel's words in English and Simplified Chinese.
+
+A1111's English names stay visible in Chinese labels (``"迭代步数 (Steps)"``) and sampler / schedule names are never
+translated, so what a user reads in the panel matches infotexts and A1111 tutorials.
+"""
+
+from __future__ import annotations
+
+import locale
+import os
+
+LANGS = ("en", "zh")
+
+EN = {
+    "tab_txt2img": "txt2img", "tab_img2img": "img2img", "tab_models": "Models", "tab_xyz": "XYZ plot",
+    "tab_png": "PNG Info", "tab_code": "Copy as code",
+    "prompt": "Prompt", "negative_prompt": "Negative prompt",
+    "prompt_placeholder": "Prompt (press Generate to run)", "negative_placeholder": "Negative prompt",
+    "sampler_name": "Sampling method", "scheduler": "Schedule type", "steps": "Sampling steps",
+    "cfg_scale": "CFG Scale", "width": "Width", "height": "Height", "seed": "Seed",
+    "batch_size": "Batch size", "n_iter": "Batch count",
+    "random_seed": "random (-1)", "reuse_seed": "reuse last",
+    "generate": "Generate", "stop": "Stop", "skip": "Skip",
+    "idle": "Ready.", "running": "Generating… step {step}/{total}", "done": "Done: {n} image(s). {info}",
+    "stopped": "Stopped: {n} image(s) kept. {info}", "error": "Error", "no_model": "No model loaded.",
+    "gallery": "Gallery", "gallery_empty": "Generated images appear here.",
+    "use_seed": "use seed", "send_img2img": "send to img2img", "hires_this": "✨ hires fix this",
+    "debug_here": "open step-through debugger here",
+    "code_help": "The exact call for the current settings (select all and copy):",
+    "paste_help": "Paste an A1111 infotext (the text under an image, or PNG Info) or upload an A1111 PNG:",
+    "paste": "Paste into controls", "upload": "Upload PNG",
+    "pasted": "Filled the controls from the infotext.", "no_infotext": "This image holds no infotext.",
+    "dropped": "Not applied (not available in this version): {keys}",
+    "other_params": "Also used (from a pasted infotext): {items}", "clear_other": "clear",
+    "not_available": "{feature} is not available in this version of nbdiffuse.",
+    "img2img_help": "Uses the prompt and settings of the txt2img tab.",
+    "init_image": "Init image", "denoising_strength": "Denoising strength", "generate_img2img": "Generate img2img",
+    "no_init_image": "Choose an init image first (upload one, or use “send to img2img” in the gallery).",
+    "checkpoint": "Checkpoint", "load": "Load", "loading": "Loading {name}…",
+    "loaded": "Loaded {name} in {seconds:.1f} s.", "lora": "LoRA", "embedding": "Embedding",
+    "insert": "Insert into prompt", "refresh": "Refresh",
+    "xyz_plan": "Plan (show the numbers)", "xyz_run": "Run grid",
+    "debugger": "Step-through debugger",
+}
+
+ZH = {
+    "tab_txt2img": "文生图 (txt2img)", "tab_img2img": "图生图 (img2img)", "tab_models": "模型 (Models)",
+    "tab_xyz": "XYZ 图表 (XYZ plot)", "tab_png": "图片信息 (PNG Info)", "tab_code": "复制为代码",
+    "prompt": "提示词 (Prompt)", "negative_prompt": "反向提示词 (Negative prompt)",
+    "prompt_placeholder": "提示词（按“生成”开始）", "negative_placeholder": "反向提示词",
+    "sampler_name": "采样方法 (Sampler)", "scheduler": "调度类型 (Schedule type)", "steps": "迭代步数 (Steps)",
+    "cfg_scale": "提示词引导系数 (CFG scale)", "width": "宽度 (Width)", "height": "高度 (Height)",
+    "seed": "随机种子 (Seed)", "batch_size": "单批数量 (Batch size)", "n_iter": "总批次数 (Batch count)",
+    "random_seed": "随机 (-1)", "reuse_seed": "使用上次的种子",
+    "generate": "生成 (Generate)", "stop": "中止 (Stop)", "skip": "跳过 (Skip)",
+    "idle": "就绪。", "running": "生成中… 第 {step}/{total} 步", "done": "完成：{n} 张图像。{info}",
+    "stopped": "已中止：保留 {n} 张图像。{info}", "error": "错误", "no_model": "尚未加载模型。",
+    "gallery": "图库", "gallery_empty": "生成的图像会显示在这里。",
+    "use_seed": "使用此种子", "send_img2img": "发送到图生图", "hires_this": "✨ 高分辨率修复",
+    "debug_here": "在此打开逐步调试器",
+    "code_help": "当前设置对应的完整调用（全选后复制）：",
+    "paste_help": "粘贴 A1111 的生成参数（infotext）或上传 A1111 生成的 PNG：",
+    "paste": "填入参数", "upload": "上传 PNG",
+    "pasted": "已根据生成参数填好各项设置。", "no_infotext": "这张图像不含生成参数。",
+    "dropped": "未应用（此版本不支持）：{keys}",
+    "other_params": "另外使用（来自粘贴的参数）：{items}", "clear_other": "清除",
+    "not_available": "此版本的 nbdiffuse 暂不支持{feature}。",
+    "img2img_help": "使用文生图页面的提示词和设置。",
+    "init_image": "初始图像 (Init image)", "denoising_strength": "重绘幅度 (Denoising strength)",
+    "generate_img2img": "生成 (img2img)",
+    "no_init_image": "请先选择初始图像（上传，或在图库中点“发送到图生图”）。",
+    "checkpoint": "模型 (Checkpoint)", "load": "加载", "loading": "正在加载 {name}…",
+    "loaded": "已加载 {name}，用时 {seconds:.1f} 秒。", "lora": "LoRA", "embedding": "嵌入式 (Embedding)",
+    "insert": "插入提示词", "refresh": "刷新",
+    "xyz_plan": "规划（先显示数量）", "xyz_run": "生成图表",
+    "debugger": "逐步调试器",
+}
+
+TABLES = {"en": EN, "zh": ZH}
+
+
+def default_lang() -> str:
+    """``"zh"`` when the locale (``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``, Python's) is Chinese."""
+    names = [os.environ.get(k, "") for k in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")]
+    try:
+        names.append(locale.getlocale()[0] or "")
+    except ValueError:  # an unparsable locale setting just means "not Chinese"
+        pass
+    first = next((n for n in names if n and n not in ("C", "POSIX")), "")
+    return "zh" if first.lower().startswith("zh") else "en"
+
+
+def labels(lang: str | None = None) -> dict[str, str]:
+    """The label table for ``lang`` (``None``: from the locale)."""
+    lang = default_lang() if lang is None else lang
+    if lang not in TABLES:
+        raise ValueError(f"lang={lang!r} is not available: use one of {', '.join(LANGS)} (or None for the locale).")
+    return TABLES[lang]
