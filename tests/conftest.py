@@ -1,9 +1,14 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The tiny test models are overhead-bound: one intra-op thread is as fast, and two threads per process thrash when
+# notebook kernels, JupyterLab and the browser test share the two cores. Inherited by the kernels we start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
