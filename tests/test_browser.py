@@ -125,7 +125,7 @@ def test_panel_generates_and_stops_in_jupyterlab(tmp_path):
     shot = ARTIFACTS / "panel.png"
     console: list[str] = []
     server = start_lab(tmp_path, port, token, log)
-    browser = None
+    browser = current_page = None
     try:
         wait_for_server(server, f"http://127.0.0.1:{port}/api/status?token={token}", log)
         with sync_playwright() as pw:
@@ -136,13 +136,24 @@ def test_panel_generates_and_stops_in_jupyterlab(tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.set_default_timeout(120_000)
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+            current_page = page
             page.goto(f"http://127.0.0.1:{port}/lab/tree/panel.ipynb?token={token}")
 
-            # run the cell that creates the panel
-            page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
-            page.keyboard.press("Shift+Enter")
+            # run the cell that creates the panel, once the kernel is up (a cell run before that can be lost)
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=180_000)
+            prompt = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
+            for attempt in range(3):  # a keypress that lands while JupyterLab is still settling is dropped
+                page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+                page.keyboard.press("Shift+Enter")
+                try:
+                    page.wait_for_function("(el) => /\\[(\\*|\\d+)\\]/.test(el.textContent)",
+                                           arg=prompt.element_handle(), timeout=30_000)
+                    break
+                except Exception:  # noqa: BLE001 - retried, then the failure says what the prompt shows
+                    if attempt == 2:
+                        pytest.fail(f"the setup cell never started running (prompt: {prompt.inner_text()!r})")
             panel = page.locator(".nbd-panel")
-            panel.wait_for(state="visible", timeout=180_000)
+            panel.wait_for(state="visible", timeout=300_000)
 
             # type a prompt: the token counter follows
             panel.locator(".nbd-prompt textarea").first.fill("a red circle")
@@ -178,6 +189,12 @@ def test_panel_generates_and_stops_in_jupyterlab(tmp_path):
             print(f"\nscreenshot: {shot} (whole page: {ARTIFACTS / 'lab.png'}); Stop took {stopped_after:.1f} s")
             assert stopped_after < 30
     except Exception:
+        if current_page is not None:  # what the browser showed when it went wrong
+            try:
+                current_page.screenshot(path=str(ARTIFACTS / "failure.png"))
+                print(f"failure screenshot: {ARTIFACTS / 'failure.png'}")
+            except Exception:  # noqa: BLE001 - the page may be gone
+                pass
         if console:
             print("browser console errors:\n" + "\n".join(console[-20:]))
         print("jupyter log tail:\n" + log.read_text(errors="replace")[-3000:])
