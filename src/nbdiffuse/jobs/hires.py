@@ -19,15 +19,12 @@ fails; here the second pass is skipped and the upscaled latents are decoded as t
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..io.infotext import format as format_infotext
-from ..io.outputs import save_image
 from ..prompts.conditioning import TextEncoder
 from ..prompts.parser import Style
 from ..sampling.base import StepState
@@ -43,9 +40,10 @@ from .txt2img import (
     PassPlan,
     applied_names,
     decode,
+    decode_and_save,
     encode,
+    finish_timings,
     infotext_fields,
-    memory_line,
     plan_pass,
     run_pass,
     styled_prompts,
@@ -191,28 +189,16 @@ def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, 
                                   hooks=hooks, control=control, progress=progress, notes=notes, timings=timings,
                                   extra={"iteration": n})
         interrupted = control.interrupt.is_set()
-        t = time.perf_counter()
-        batch = decode(bundle, x, notes)
-        timings["decode_s"] += time.perf_counter() - t
-        for i, image in enumerate(batch):
-            text = format_infotext(styled_prompt, styled_negative,
-                                   infotext_fields(p, bundle, bs[i], bsub[i], func, denoising=plan.denoising,
-                                                   encoder=encoder))
-            path = None
-            if outputs_dir is not None:
-                path = save_image(image, Path(outputs_dir) / "txt2img-images", seed=bs[i], infotext=text)
-            images.append(image)
-            infotexts.append(text)
-            paths.append(path)
+        batch = decode_and_save(bundle, x, bs, lambda i, s=bs, u=bsub: infotext_fields(
+            p, bundle, s[i], u[i], func, denoising=plan.denoising, encoder=encoder),
+            (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings)
+        images += batch[0]
+        infotexts += batch[1]
+        paths += batch[2]
         outs.append(x.detach().float().cpu())
         done += len(bs)
         if interrupted:
             break
-    timings["total_s"] = time.perf_counter() - start
-    timings["model_calls"] = denoiser.calls
-    if memory_line(bundle.device):
-        timings["memory"] = memory_line(bundle.device)
-    for note in notes:
-        warnings.warn(note, stacklevel=3)
+    finish_timings(timings, start, denoiser, bundle.device, notes)
     out = torch.cat(outs) if outs else latents[:0]
     return Result(images, infotexts, seeds[:done], subseeds[:done], out, p, timings, paths, interrupted, notes)

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from ..io.infotext import format as format_infotext
-from ..io.outputs import save_image
 from ..prompts.conditioning import TextEncoder
 from ..prompts.parser import Style
 from ..sampling.base import StepState
@@ -42,10 +39,10 @@ from .txt2img import (
     Hook,
     JobControl,
     applied_names,
-    decode,
+    decode_and_save,
     encode,
+    finish_timings,
     infotext_fields,
-    memory_line,
     plan_pass,
     run_pass,
     styled_prompts,
@@ -179,33 +176,19 @@ def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progres
         if outcome.x is None:
             break
         x = outcome.x
-        t = time.perf_counter()
-        batch_images = decode(bundle, x, notes)
-        timings["decode_s"] += time.perf_counter() - t
-        for i, image in enumerate(batch_images):
-            fields = infotext_fields(p, bundle, seeds[i], subseeds[i], spec.func, job="img2img",
-                                     denoising=denoising, extra=infotext_extra, encoder=encoder)
-            text = format_infotext(styled_prompt, styled_negative, fields)
-            t = time.perf_counter()
-            path = None
-            if outputs_dir is not None:
-                path = save_image(image, Path(outputs_dir) / "img2img-images", seed=seeds[i], infotext=text)
-            timings["save_s"] += time.perf_counter() - t
-            out_images.append(image)
-            infotexts.append(text)
-            paths.append(path)
+        batch = decode_and_save(bundle, x, seeds, lambda i, s=seeds, u=subseeds: infotext_fields(
+            p, bundle, s[i], u[i], spec.func, job="img2img", denoising=denoising, extra=infotext_extra,
+            encoder=encoder), (styled_prompt, styled_negative), "img2img-images", outputs_dir, notes, timings)
+        out_images += batch[0]
+        infotexts += batch[1]
+        paths += batch[2]
         latents_out.append(x.detach().float().cpu())
         seeds_out += seeds
         subseeds_out += subseeds
         if interrupted:
             break
 
-    timings["total_s"] = time.perf_counter() - start
-    timings["model_calls"] = denoiser.calls
-    if memory_line(bundle.device):
-        timings["memory"] = memory_line(bundle.device)
-    for note in notes:
-        warnings.warn(note, stacklevel=3)
+    finish_timings(timings, start, denoiser, bundle.device, notes)
     latents = torch.cat(latents_out) if latents_out else torch.empty((0, *shape))
     return Result(out_images, infotexts, seeds_out, subseeds_out, latents, p, timings, paths, interrupted, notes)
 

@@ -328,6 +328,37 @@ def memory_line(device: torch.device) -> str | None:
             f"Sys: {(total - free) / 2**30:.1f}/{total / 2**30:.4g} GB ({(total - free) / total * 100:.1f}%)")
 
 
+def decode_and_save(bundle, x: torch.Tensor, seeds: Sequence[int], fields_for: Callable[[int], dict],
+                    prompts: tuple[str, str], folder: str, outputs_dir, notes: list[str], timings: dict
+                    ) -> tuple[list[Image.Image], list[str], list[Path | None]]:
+    """Decode one batch, write each image's infotext (``fields_for(i)``) and save it under ``outputs_dir/folder``:
+    ``(images, infotexts, paths)``."""
+    t = time.perf_counter()
+    images = decode(bundle, x, notes)
+    timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t
+    texts, paths = [], []
+    for i, image in enumerate(images):
+        text = format_infotext(*prompts, fields_for(i))
+        t = time.perf_counter()
+        path = None
+        if outputs_dir is not None:
+            path = save_image(image, Path(outputs_dir) / folder, seed=seeds[i], infotext=text)
+        timings["save_s"] = timings.get("save_s", 0.0) + time.perf_counter() - t
+        texts.append(text)
+        paths.append(path)
+    return images, texts, paths
+
+
+def finish_timings(timings: dict, start: float, denoiser: Denoiser, device: torch.device, notes: list[str]) -> None:
+    """Total time, model calls and (on CUDA) A1111's memory line; the job's notes become warnings."""
+    timings["total_s"] = time.perf_counter() - start
+    timings["model_calls"] = denoiser.calls
+    if memory_line(device):
+        timings["memory"] = memory_line(device)
+    for note in notes:
+        warnings.warn(note, stacklevel=4)
+
+
 def styled_prompts(p: GenerationParams, styles: Mapping[str, Style] | None, notes: list[str],
                    applied: Sequence[str] = ()) -> tuple[str, str, str, str]:
     """``(styled prompt, styled negative, prompt, negative)``: the last two without extra-network tags.
@@ -411,33 +442,20 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
                                       hooks=hooks, control=control, progress=progress, notes=notes,
                                       timings=timings, extra={"iteration": n})
             interrupted = interrupted or control.interrupt.is_set()
-        t = time.perf_counter()
-        batch_images = decode(bundle, x, notes)
-        timings["decode_s"] += time.perf_counter() - t
-        for i, image in enumerate(batch_images):
-            fields = infotext_fields(p, bundle, seeds[i], subseeds[i], spec.func, encoder=encoder,
-                                     denoising=hires.denoising if hires is not None else None)
-            text = format_infotext(styled_prompt, styled_negative, fields)
-            t = time.perf_counter()
-            path = None
-            if outputs_dir is not None:
-                path = save_image(image, Path(outputs_dir) / "txt2img-images", seed=seeds[i], infotext=text)
-            timings["save_s"] += time.perf_counter() - t
-            images.append(image)
-            infotexts.append(text)
-            paths.append(path)
+        denoising = hires.denoising if hires is not None else None
+        batch = decode_and_save(bundle, x, seeds, lambda i, s=seeds, u=subseeds, d=denoising: infotext_fields(
+            p, bundle, s[i], u[i], spec.func, encoder=encoder, denoising=d), (styled_prompt, styled_negative),
+            "txt2img-images", outputs_dir, notes, timings)
+        images += batch[0]
+        infotexts += batch[1]
+        paths += batch[2]
         latents_out.append(x.detach().float().cpu())
         seeds_out += seeds
         subseeds_out += subseeds
         if interrupted:
             break
 
-    timings["total_s"] = time.perf_counter() - start
-    timings["model_calls"] = denoiser.calls
-    if memory_line(device):
-        timings["memory"] = memory_line(device)
-    for note in notes:
-        warnings.warn(note, stacklevel=3)
+    finish_timings(timings, start, denoiser, device, notes)
     if latents_out:
         latents = torch.cat(latents_out)
     else:
