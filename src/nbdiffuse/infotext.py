@@ -77,6 +77,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Extra noise": ("extra_noise", _float),
     "Tiling": ("tiling", _bool),
     "Styles array": ("styles", _styles),
+    "Emphasis": ("emphasis", _str),
 }
 
 

@@ -235,6 +235,9 @@ class Session:
         """The loaded model and the job keywords every job takes; clears the stop flags. ``preview=N`` shows the
         x0 estimate every N steps in the notebook (A1111's "Approx cheap", updated in place)."""
         bundle = self._require_model()
+        if bundle.arch not in ("sd1", "sd2", "sdxl"):
+            raise ValueError(f"{bundle.name} is an {bundle.arch} model: it loads, but nbdiffuse cannot generate with "
+                             "it yet (an SDXL refiner needs its own conditioning); load a base model to generate.")
         hooks = list(hooks or [])
         if preview:
             from .inspect.previews import preview_hook
@@ -317,15 +320,28 @@ class Session:
         self.last_result = result
         return result
 
-    def _txt2img_job(self, params: dict, hooks: Sequence[Hook] | None, preview: int | None = None):
+    def _params(self, params: dict) -> GenerationParams:
+        """Validate a job's parameters (upscaler model files in the models folder count as known upscalers)."""
+        if self.folders is not None and params.get("hr_upscaler"):
+            from .jobs.upscalers import available_upscalers, register_upscaler
+
+            if params["hr_upscaler"] not in available_upscalers():
+                for name in self.folders.list("upscalers"):
+                    register_upscaler(self.folders.find("upscalers", name))
         p = GenerationParams.from_kwargs(**params)
+        if self.encoder is not None:
+            self.encoder.emphasis = p.emphasis
+        return p
+
+    def _txt2img_job(self, params: dict, hooks: Sequence[Hook] | None, preview: int | None = None):
+        p = self._params(params)
         bundle, kw = self._start(hooks, preview)
         return p, self._with_networks(p, txt2img_steps(bundle, p, self.encoder, **kw))
 
     def _img2img_job(self, init_images, params: dict, hooks: Sequence[Hook] | None, preview: int | None = None):
         from .jobs.img2img import img2img_steps
 
-        p = GenerationParams.from_kwargs(**params)
+        p = self._params(params)
         bundle, kw = self._start(hooks, preview)
         return p, self._with_networks(p, img2img_steps(bundle, p, self.encoder, init_images, **kw))
 
@@ -350,7 +366,7 @@ class Session:
         ``final_denoising_strength`` along ``denoising_curve`` (A1111's Loopback script)."""
         from .jobs.img2img import loopback_steps
 
-        p = GenerationParams.from_kwargs(**params)
+        p = self._params(params)
         bundle, kw = self._start(hooks)
         gen = self._with_networks(p, loopback_steps(
             bundle, p, self.encoder, init_images, loops=loops, final_denoising_strength=final_denoising_strength,
@@ -367,6 +383,7 @@ class Session:
         if result is None:
             raise ValueError("hires_fix needs a result: run txt2img first or pass result=...")
         bundle, kw = self._start(hooks)
+        self.encoder.emphasis = result.params.emphasis
         gen = self._with_networks(result.params, hires_fix_steps(bundle, result, self.encoder, indices=indices,
                                                                  **changes, **kw))
         return self._run(gen, result.params.hr_second_pass_steps or result.params.steps, "Hires fix")

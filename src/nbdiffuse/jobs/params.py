@@ -55,6 +55,7 @@ class GenerationParams:
     s_noise: float = 1.0
     clip_skip: int = 1
     styles: tuple[str, ...] = ()
+    emphasis: str = "Original"  # A1111's emphasis setting: "Original", "No norm", "Ignore", "None"
     tiling: bool = False
     # img2img and hires fix
     denoising_strength: float | None = None  # None: the job's default (0.7 hires fix, 0.75 img2img)
@@ -77,6 +78,9 @@ class GenerationParams:
         styles = (self.styles,) if isinstance(self.styles, str) else tuple(self.styles or ())
         _check(all(isinstance(s, str) for s in styles), "styles", self.styles, "a list of style names")
         object.__setattr__(self, "styles", styles)
+        from ..prompts.conditioning import EMPHASIS_MODES
+
+        _check(self.emphasis in EMPHASIS_MODES, "emphasis", self.emphasis, f"one of {', '.join(EMPHASIS_MODES)}")
         _check(isinstance(self.negative_prompt, str), "negative_prompt", self.negative_prompt, "a string")
         for name in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "clip_skip",
                      "seed_resize_from_w", "seed_resize_from_h"):

@@ -109,6 +109,8 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
             fields["Hires steps"] = p.hr_second_pass_steps
         if p.hr_upscaler is not None:
             fields["Hires upscaler"] = p.hr_upscaler
+    if p.emphasis != "Original":
+        fields["Emphasis"] = p.emphasis
     if bundle.applied_loras:
         fields["Lora hashes"] = lora_hashes(bundle.applied_loras)
     if encoder is not None and encoder.used_embeddings:
