@@ -393,7 +393,12 @@ class ModelsSession(Session):
     """A session whose model folders list a few names; load(name) is recorded (the real one is tested elsewhere)."""
 
     def models(self):
-        return {"checkpoints": ["anything-v3.safetensors"], "loras": ["detail"], "vae": [], "embeddings": ["bad"]}
+        return {"checkpoints": ["anything-v3.safetensors"], "loras": ["detail"], "vae": ["kl-f8.safetensors"],
+                "embeddings": ["bad"]}
+
+    def load_vae(self, vae):
+        self.vae_loaded = vae
+        return self.model
 
     def load(self, model, **kwargs):
         if isinstance(model, str):
@@ -416,6 +421,13 @@ def test_models_tab_lists_loads_and_inserts(sd1):
     panel.w.insert_lora.click()
     panel.w.insert_embedding.click()
     assert panel.w.prompt.value == "a cat, <lora:detail:1>, bad"
+    assert panel.w.vae.options == ("Automatic", "kl-f8.safetensors")
+    panel.w.vae.value = "kl-f8.safetensors"
+    panel.w.apply_vae.click()
+    assert session.vae_loaded == "kl-f8.safetensors" and "kl-f8" in panel.w.model_status.value
+    panel.w.vae.value = "Automatic"
+    panel.w.apply_vae.click()
+    assert session.vae_loaded is None
     panel.close()
 
 

@@ -157,13 +157,16 @@ def build_panel(t: dict[str, str], features: dict[str, bool]) -> SimpleNamespace
     if features["models"]:
         ui.checkpoint = w.Dropdown(options=[], description=t["checkpoint"], **wide)
         ui.load = w.Button(description=t["load"])
+        ui.vae = w.Dropdown(options=["Automatic"], value="Automatic", description=t["vae"], **wide)
+        ui.apply_vae = w.Button(description=t["apply"])
         ui.lora = w.Dropdown(options=[], description=t["lora"], **wide)
         ui.insert_lora = w.Button(description=t["insert"])
         ui.embedding = w.Dropdown(options=[], description=t["embedding"], **wide)
         ui.insert_embedding = w.Button(description=t["insert"])
         ui.refresh_models = w.Button(description=t["refresh"])
         ui.model_status = w.HTML("")
-        models = w.VBox([w.HBox([ui.checkpoint, ui.load]), w.HBox([ui.lora, ui.insert_lora]),
+        models = w.VBox([w.HBox([ui.checkpoint, ui.load]), w.HBox([ui.vae, ui.apply_vae]),
+                         w.HBox([ui.lora, ui.insert_lora]),
                          w.HBox([ui.embedding, ui.insert_embedding]), ui.refresh_models, ui.model_status])
     else:
         models = _note(t["not_available"].format(feature=t["tab_models"]))
@@ -452,6 +455,7 @@ class Panel:
         if self.features["models"]:
             ui.refresh_models.on_click(lambda _: self._guard(self._refresh_models))
             ui.load.on_click(lambda _: self._load_model(ui.checkpoint.value))
+            ui.apply_vae.on_click(lambda _: self._guard(self._apply_vae, ui.vae.value))
             ui.insert_lora.on_click(lambda _: self._insert(f"<lora:{ui.lora.value}:1>" if ui.lora.value else ""))
             ui.insert_embedding.on_click(lambda _: self._insert(ui.embedding.value or ""))
             self._guard(self._refresh_models)
@@ -653,11 +657,17 @@ class Panel:
         listing = self.session.models()
         toy = ["toy"] if resources.files("nbdiffuse").joinpath("toy/weights/unet/config.json").is_file() else []
         self.w.checkpoint.options = [*toy, *_names(listing, "checkpoints")]
+        self.w.vae.options = ["Automatic", *_names(listing, "vae")]
         self.w.lora.options = _names(listing, "loras")
         self.w.embedding.options = _names(listing, "embeddings")
         for box in (self.w.checkpoint, self.w.lora, self.w.embedding):
             if box.value is None and box.options:  # ipywidgets 8 leaves nothing selected after new options
                 box.value = box.options[0]
+
+    def _apply_vae(self, name) -> None:
+        """``session.load_vae(name)``; "Automatic" puts the checkpoint's own VAE back."""
+        self.session.load_vae(None if name in (None, "Automatic") else name)
+        self.w.model_status.value = html.escape(self.t["vae_applied"].format(name=name))
 
     def _load_model(self, name) -> None:
         if not name or self.running:
@@ -672,8 +682,12 @@ class Panel:
                 self._show_error(e)
                 self.w.model_status.value = ""
                 return
-            seconds = (getattr(bundle, "info", None) or {}).get("load_s", time.perf_counter() - start)
-            self.w.model_status.value = html.escape(self.t["loaded"].format(name=name, seconds=seconds))
+            info = getattr(bundle, "info", None) or {}
+            seconds = info.get("load_s", time.perf_counter() - start)
+            line = self.t["loaded"].format(name=name, seconds=seconds)
+            if info.get("report"):  # the loader's A1111-style timing line (read, build, apply, hash)
+                line += " " + info["report"]
+            self.w.model_status.value = html.escape(line)
             self._update_tokens()
 
         self._clear_error()
