@@ -99,6 +99,21 @@ def stop_process_group(proc: subprocess.Popen) -> None:
     proc.wait(15)
 
 
+def dismiss_dialogs(page, seen: list[str]) -> None:
+    """Accept any JupyterLab dialog in the way (kernel choice, trust, ...), remembering what it said."""
+    for _ in range(3):
+        dialog = page.locator(".jp-Dialog")
+        if not dialog.count():
+            return
+        seen.append(dialog.first.inner_text()[:300])
+        accept = dialog.first.locator("button.jp-mod-accept")
+        if accept.count():
+            accept.first.click()
+        else:
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
+
+
 def set_slider(page, css: str, value: int) -> None:
     """Type a number into an ipywidgets slider's editable readout, as a user does."""
     readout = page.locator(f"{css} .widget-readout")
@@ -124,8 +139,9 @@ def test_panel_generates_and_stops_in_jupyterlab(tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "panel.png"
     console: list[str] = []
+    dialogs: list[str] = []
     server = start_lab(tmp_path, port, token, log)
-    browser = current_page = None
+    browser = None
     try:
         wait_for_server(server, f"http://127.0.0.1:{port}/api/status?token={token}", log)
         with sync_playwright() as pw:
@@ -136,67 +152,70 @@ def test_panel_generates_and_stops_in_jupyterlab(tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.set_default_timeout(120_000)
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
-            current_page = page
-            page.goto(f"http://127.0.0.1:{port}/lab/tree/panel.ipynb?token={token}")
-
-            # run the cell that creates the panel, once the kernel is up (a cell run before that can be lost)
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=180_000)
-            prompt = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
-            for attempt in range(3):  # a keypress that lands while JupyterLab is still settling is dropped
-                page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
-                page.keyboard.press("Shift+Enter")
-                try:
-                    page.wait_for_function("(el) => /\\[(\\*|\\d+)\\]/.test(el.textContent)",
-                                           arg=prompt.element_handle(), timeout=30_000)
-                    break
-                except Exception:  # noqa: BLE001 - retried, then the failure says what the prompt shows
-                    if attempt == 2:
-                        pytest.fail(f"the setup cell never started running (prompt: {prompt.inner_text()!r})")
-            panel = page.locator(".nbd-panel")
-            panel.wait_for(state="visible", timeout=300_000)
-
-            # type a prompt: the token counter follows
-            panel.locator(".nbd-prompt textarea").first.fill("a red circle")
-            page.wait_for_function("document.querySelector('.nbd-tokens').textContent.trim() === '3/75'")
-
-            # Generate: the image appears in the gallery with its infotext
-            panel.locator("button.nbd-generate").click()
-            panel.locator(".nbd-gallery img").first.wait_for(state="visible", timeout=120_000)
-            assert "a red circle" in panel.locator(".nbd-gallery .nbd-infotext").first.inner_text()
-            assert "Seed: 1" in panel.locator(".nbd-gallery .nbd-infotext").first.inner_text()
-            page.wait_for_function("document.querySelector('.nbd-status').textContent.includes('Done: 1 image')")
-
-            # a long job (150 steps x 100 batches), stopped from the Stop button
-            set_slider(page, ".nbd-panel .nbd-steps", 150)
-            set_slider(page, ".nbd-panel .nbd-n-iter", 100)
-            panel.locator("button.nbd-generate").click()
-            page.wait_for_function("document.querySelector('.nbd-status').textContent.includes('/15000')",
-                                   timeout=60_000)
-            assert panel.locator("button.nbd-generate").is_disabled()
-            panel.locator("img.nbd-preview").wait_for(state="visible", timeout=60_000)  # the live preview
-            clicked = time.monotonic()
-            panel.locator("button.nbd-stop").click()
-            page.wait_for_function("document.querySelector('.nbd-status').textContent.startsWith('Stopped')",
-                                   timeout=60_000)
-            stopped_after = time.monotonic() - clicked
-            assert "(interrupted)" in panel.locator(".nbd-gallery").inner_text()
-            assert panel.locator("button.nbd-generate").is_enabled()
-            assert panel.locator("button.nbd-stop").is_disabled()
-            panel.locator(".nbd-gallery img").first.wait_for(state="visible")
-            page.wait_for_timeout(500)  # let the last images paint before the screenshot
-            panel.screenshot(path=str(shot))
-            page.screenshot(path=str(ARTIFACTS / "lab.png"))
-            print(f"\nscreenshot: {shot} (whole page: {ARTIFACTS / 'lab.png'}); Stop took {stopped_after:.1f} s")
-            assert stopped_after < 30
-    except Exception:
-        if current_page is not None:  # what the browser showed when it went wrong
             try:
-                current_page.screenshot(path=str(ARTIFACTS / "failure.png"))
+                page.goto(f"http://127.0.0.1:{port}/lab/tree/panel.ipynb?token={token}")
+
+                # run the cell that creates the panel, once the kernel is up (a cell run before that can be lost)
+                page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=180_000)
+                dismiss_dialogs(page, dialogs)
+                prompt = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
+                for attempt in range(3):  # a keypress that lands while JupyterLab is still settling is dropped
+                    dismiss_dialogs(page, dialogs)
+                    page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+                    page.keyboard.press("Shift+Enter")
+                    try:
+                        page.wait_for_function("(el) => /\\[(\\*|\\d+)\\]/.test(el.textContent)",
+                                               arg=prompt.element_handle(), timeout=30_000)
+                        break
+                    except Exception:  # noqa: BLE001 - retried, then the failure says what the prompt shows
+                        if attempt == 2:
+                            pytest.fail(f"the setup cell never started running (prompt: {prompt.inner_text()!r})")
+                panel = page.locator(".nbd-panel")
+                panel.wait_for(state="visible", timeout=300_000)
+
+                # type a prompt: the token counter follows
+                panel.locator(".nbd-prompt textarea").first.fill("a red circle")
+                page.wait_for_function("document.querySelector('.nbd-tokens').textContent.trim() === '3/75'")
+
+                # Generate: the image appears in the gallery with its infotext
+                panel.locator("button.nbd-generate").click()
+                panel.locator(".nbd-gallery img").first.wait_for(state="visible", timeout=120_000)
+                assert "a red circle" in panel.locator(".nbd-gallery .nbd-infotext").first.inner_text()
+                assert "Seed: 1" in panel.locator(".nbd-gallery .nbd-infotext").first.inner_text()
+                page.wait_for_function("document.querySelector('.nbd-status').textContent.includes('Done: 1 image')")
+
+                # a long job (150 steps x 100 batches), stopped from the Stop button
+                set_slider(page, ".nbd-panel .nbd-steps", 150)
+                set_slider(page, ".nbd-panel .nbd-n-iter", 100)
+                panel.locator("button.nbd-generate").click()
+                page.wait_for_function("document.querySelector('.nbd-status').textContent.includes('/15000')",
+                                       timeout=60_000)
+                assert panel.locator("button.nbd-generate").is_disabled()
+                panel.locator("img.nbd-preview").wait_for(state="visible", timeout=60_000)  # the live preview
+                clicked = time.monotonic()
+                panel.locator("button.nbd-stop").click()
+                page.wait_for_function("document.querySelector('.nbd-status').textContent.startsWith('Stopped')",
+                                       timeout=60_000)
+                stopped_after = time.monotonic() - clicked
+                assert "(interrupted)" in panel.locator(".nbd-gallery").inner_text()
+                assert panel.locator("button.nbd-generate").is_enabled()
+                assert panel.locator("button.nbd-stop").is_disabled()
+                panel.locator(".nbd-gallery img").first.wait_for(state="visible")
+                page.wait_for_timeout(500)  # let the last images paint before the screenshot
+                panel.screenshot(path=str(shot))
+                page.screenshot(path=str(ARTIFACTS / "lab.png"))
+                print(f"\nscreenshot: {shot} (whole page: {ARTIFACTS / 'lab.png'}); Stop took {stopped_after:.1f} s; "
+                      f"dialogs dismissed: {dialogs or 'none'}")
+                assert stopped_after < 30
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "failure.png"))  # what the browser showed
                 print(f"failure screenshot: {ARTIFACTS / 'failure.png'}")
-            except Exception:  # noqa: BLE001 - the page may be gone
-                pass
+                raise
+    except Exception:
         if console:
             print("browser console errors:\n" + "\n".join(console[-20:]))
+        if dialogs:
+            print("JupyterLab dialogs dismissed:\n" + "\n---\n".join(dialogs))
         print("jupyter log tail:\n" + log.read_text(errors="replace")[-3000:])
         raise
     finally:
