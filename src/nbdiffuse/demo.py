@@ -1,8 +1,8 @@
 """``python -m nbdiffuse.demo``: generate and save images on the CPU, then reproduce one from its PNG.
 
-Uses a tiny random SD1-shaped model built from config (no download, under a second): the pictures are noise
-patterns, but every step — encoding, our sampling loop with several A1111 samplers, VAE decode, infotexts,
-saving, reproduction from the PNG — is the real path a checkpoint takes.
+Uses the embedded toy model (a trained SD1-architecture model of coloured shapes, shipped in the package and loaded
+through the same single-file path as any A1111 checkpoint): encoding, our sampling loop with several A1111 samplers,
+VAE decode, infotexts, saving, reproduction from the PNG.
 """
 
 from __future__ import annotations
@@ -17,20 +17,19 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outputs", default="outputs", help="outputs folder (default: ./outputs)")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
 
     import nbdiffuse
     from nbdiffuse import infotext
-    from nbdiffuse.testing import tiny_sd1
 
     session = nbdiffuse.Session(outputs_dir=args.outputs, progress=False)
-    session.load(tiny_sd1())
-    print(f"{session}  (tiny random SD1-shaped model)")
+    session.load("toy")
+    print(f"{session}  ({session.model.info['report']})")
     last = None
     for sampler in ("DPM++ 2M", "Euler a", "DPM++ 2M SDE", "DDIM", "UniPC"):
         result = session.txt2img(prompt="a red circle on a blue background", negative_prompt="blurry",
-                                 sampler_name=sampler, steps=args.steps, seed=1234, width=128, height=128)
+                                 sampler_name=sampler, steps=args.steps, seed=1234, width=64, height=64)
         print(f"\n{result.paths[0]}\n{result.infotexts[0]}\n{result.info}")
         last = result
     text = infotext.read_png(last.paths[0])

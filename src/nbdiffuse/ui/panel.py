@@ -655,7 +655,7 @@ class Panel:
 
     def _refresh_models(self) -> None:
         listing = self.session.models()
-        toy = ["toy"] if resources.files("nbdiffuse").joinpath("toy/weights/unet/config.json").is_file() else []
+        toy = ["toy"] if resources.files("nbdiffuse").joinpath("toy/weights/toy.safetensors").is_file() else []
         self.w.checkpoint.options = [*toy, *_names(listing, "checkpoints")]
         self.w.vae.options = ["Automatic", *_names(listing, "vae")]
         self.w.lora.options = _names(listing, "loras")

@@ -1,0 +1,46 @@
+"""The embedded toy model: a few-megabyte, trained Stable Diffusion 1.x-architecture model of a world of
+coloured shapes ("a red circle on a blue background"). See ``MODEL_CARD.md`` in this folder.
+
+- :mod:`nbdiffuse.toy.world`: the procedural renderer and caption generator (the training data);
+- :mod:`nbdiffuse.toy.checker`: a deterministic image checker for that world (colour, shape, count);
+- :mod:`nbdiffuse.toy.train`: ``python -m nbdiffuse.toy.train`` reproduces the weights on a CPU;
+- :mod:`nbdiffuse.toy.evaluate`: ``python -m nbdiffuse.toy.evaluate`` measures them.
+
+``load_toy()`` returns the shipped weights as a :class:`~nbdiffuse.models.bundle.ModelBundle`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+CHECKPOINT_NAME = "toy.safetensors"
+
+__all__ = ["CHECKPOINT_NAME", "WEIGHTS_DIR", "load_toy", "preview_matrix"]
+
+
+def preview_matrix(folder=None) -> list[list[float]]:
+    """The fitted 4x3 "Approx cheap" latent -> RGB matrix: ``rgb = latent @ M * 0.5 + 0.5``."""
+    folder = Path(folder) if folder is not None else WEIGHTS_DIR
+    return json.loads((folder / "preview.json").read_text())["latent_rgb_factors"]
+
+
+def load_toy(folder=None, device=None, dtype=None, hash: bool = True):
+    """Load the toy model (``toy.safetensors`` in ``folder``, the package's own by default) as a ``ModelBundle``,
+    through the same single-file loader as any A1111 checkpoint. Weights are stored in float16 and loaded as
+    float32 unless ``dtype`` says otherwise. Never touches the network.
+    """
+    import torch
+
+    from nbdiffuse.models.checkpoint import load_checkpoint
+
+    folder = Path(folder) if folder is not None else WEIGHTS_DIR
+    path = folder / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no toy model weights here; train them with `python -m nbdiffuse.toy.train`")
+    bundle = load_checkpoint(path, device=device or "cpu", dtype=dtype or torch.float32, hash=hash)
+    bundle.name = "toy"
+    bundle.info["source"] = "nbdiffuse.toy"
+    bundle.info["latent_rgb_factors"] = preview_matrix(folder)
+    return bundle

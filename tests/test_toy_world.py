@@ -1,0 +1,112 @@
+"""The toy world's renderer, captions and checker (no trained model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nbdiffuse.toy import checker, world
+
+
+def test_sample_is_deterministic_from_the_seed():
+    a = [world.sample(np.random.default_rng(7)) for _ in range(2)]
+    (img1, cap1, lab1), (img2, cap2, lab2) = a
+    assert cap1 == cap2 and lab1 == lab2
+    assert np.array_equal(np.asarray(img1), np.asarray(img2))
+    img3, cap3, lab3 = world.sample(np.random.default_rng(8))
+    assert (cap3, lab3) != (cap1, lab1) or not np.array_equal(np.asarray(img3), np.asarray(img1))
+
+
+def test_render_reproduces_sample_and_has_the_right_format():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        image, _caption, labels = world.sample(rng)
+        assert image.size == (64, 64) and image.mode == "RGB"
+        assert np.array_equal(np.asarray(image), np.asarray(world.render(labels)))
+
+
+def test_scene_constraints():
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        labels = world.sample_labels(rng)
+        objs, bg = labels["objects"], labels["background"]
+        assert labels["count"] == len(objs) in (1, 2)
+        colours = [o["colour"] for o in objs] + bg["colours"]
+        assert len(set(colours)) == len(colours)  # objects differ from each other and from the background
+        masks = world.object_masks(labels)
+        for obj, mask in zip(objs, masks):
+            assert obj["shape"] in world.SHAPES and obj["size"] in world.SIZES
+            assert obj["position"] in world.POSITIONS
+            assert mask.sum() == obj["area"] > 50
+            assert not mask[0].any() and not mask[-1].any() and not mask[:, 0].any() and not mask[:, -1].any()
+        if len(masks) == 2:
+            assert not (masks[0] & masks[1]).any()
+        assert labels["largest"] == int(np.argmax([o["area"] for o in objs]))
+
+
+def test_captions_match_labels():
+    rng = np.random.default_rng(5)
+    vocab = world.all_words()
+    for _ in range(500):
+        _image, caption, labels = world.sample(rng)
+        words = world.caption_words(caption)
+        assert set(words) <= vocab, caption
+        text = " " + caption.replace(",", " ,") + " "
+        for obj in labels["objects"]:
+            assert f" {obj['colour']} {obj['shape']} " in text, (caption, obj)
+            size_words = [w for w in words if w in world.SIZES]
+            if size_words:
+                assert size_words == [obj["size"]]
+        if labels["count"] == 1:
+            # the position named (longest match: "top left" rather than "top") is the object's cell
+            named = [p for p in world.POSITIONS if f" {p} " in text]
+            if named:
+                assert max(named, key=len) == labels["objects"][0]["position"], caption
+        if "background" in words:
+            for colour in labels["background"]["colours"]:
+                assert colour in words
+        other = set(words) & set(world.COLOURS)
+        expected = {o["colour"] for o in labels["objects"]}
+        if "background" in words:
+            expected |= set(labels["background"]["colours"])
+        assert other == expected, caption
+
+
+def test_caption_phrasings_are_varied():
+    rng = np.random.default_rng(0)
+    captions = [world.sample(rng)[1] for _ in range(400)]
+    assert any(c.startswith("a ") and " " not in c[2:].split(" ", 1)[1] for c in captions)  # "a red circle"
+    assert any(" on a " in c and c.endswith("background") for c in captions)
+    assert any(", " in c for c in captions)
+    assert any(" and " in c and "background" not in c for c in captions)
+    assert any(w in c.split() for c in captions for w in world.SIZES)
+
+
+def test_vocabulary_constant():
+    assert len(world.COLOURS) >= 8 and {"circle", "square", "triangle", "star"} <= set(world.SHAPES)
+    assert set(world.VOCABULARY["colours"]) == set(world.COLOURS)
+
+
+@pytest.mark.parametrize("shape", world.SHAPES)
+def test_checker_on_single_objects(shape):
+    for side in (16, 22, 30, 38):
+        for colour, bg in (("red", "blue"), ("white", "black"), ("yellow", "orange")):
+            labels = {"objects": [{"colour": colour, "shape": shape, "size": "small", "position": "centre",
+                                   "cx": 32.0, "cy": 32.0, "side": side}],
+                      "background": {"kind": "plain", "colours": [bg]}, "count": 1}
+            result = checker.check(world.render(labels))
+            assert (result["count"], result["colour"], result["shape"]) == (1, colour, shape)
+            assert result["background"] == [bg]
+
+
+def test_checker_accuracy_on_ground_truth():
+    acc = checker.validate(n=600, seed=2024)
+    assert acc["colour"] >= 0.98 and acc["shape"] >= 0.98 and acc["count"] >= 0.98, acc
+    assert acc["all"] >= 0.98, acc
+
+
+def test_checker_sees_an_empty_image():
+    from PIL import Image
+
+    result = checker.check(Image.new("RGB", (64, 64), world.COLOURS["green"]))
+    assert result["count"] == 0 and result["colour"] is None and result["shape"] is None
