@@ -110,3 +110,19 @@ def test_checker_sees_an_empty_image():
 
     result = checker.check(Image.new("RGB", (64, 64), world.COLOURS["green"]))
     assert result["count"] == 0 and result["colour"] is None and result["shape"] is None
+
+
+def test_training_output_is_one_a1111_file_that_load_toy_reads(tmp_path):
+    import torch
+
+    from nbdiffuse.testing import tiny_sd1
+    from nbdiffuse.toy import load_toy
+    from nbdiffuse.toy.train import save_folder
+
+    b = tiny_sd1()
+    save_folder(tmp_path, b.unet, b.vae, b.text_encoders[0], [[0.1, 0.2, 0.3]] * 4, {"steps": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.json", "toy.safetensors", "training.json"]
+    toy = load_toy(tmp_path, hash=False)
+    assert toy.info["latent_rgb_factors"] == [[0.1, 0.2, 0.3]] * 4
+    for k, v in b.unet.state_dict().items():
+        assert torch.equal(v.half().float(), toy.unet.state_dict()[k]), k
