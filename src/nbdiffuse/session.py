@@ -297,8 +297,6 @@ class Session:
                 self.model.applied_loras = []
                 self.encoder.cache_tag = None
 
-    _loras: dict = {}
-
     def _run(self, gen, total: int, desc: str) -> Result:
         """Drive a job generator to its Result, with a progress bar when ``self.progress``."""
         bar = None
