@@ -126,3 +126,61 @@ def test_training_output_is_one_a1111_file_that_load_toy_reads(tmp_path):
     assert toy.info["latent_rgb_factors"] == [[0.1, 0.2, 0.3]] * 4
     for k, v in b.unet.state_dict().items():
         assert torch.equal(v.half().float(), toy.unet.state_dict()[k]), k
+
+
+def _scene(colour, shape, positions=("centre",), bg="black"):
+    bg = "white" if colour == "black" else bg
+    objects = [{"colour": colour, "shape": shape, "size": "small", "position": p,
+                "cx": float(14 + 36 * i), "cy": float(14 + 36 * i), "side": 20} for i, p in enumerate(positions)]
+    return world.render({"objects": objects, "background": {"kind": "plain", "colours": [bg]},
+                         "count": len(objects)})
+
+
+def test_accuracies_scores_what_the_checker_reads():
+    from nbdiffuse.toy.evaluate import accuracies
+
+    calls = []
+
+    def truthful(prompt, seeds, cfg):  # draws exactly what the prompt asks, once per seed
+        calls.append((prompt, tuple(seeds), cfg))
+        colour, shape = prompt.split()[1:]
+        return [_scene(colour, shape) for _ in seeds]
+
+    r = accuracies(truthful, 7.0, [3, 4], progress=False)
+    assert len(calls) == len(world.COLOURS) * len(world.SHAPES) and calls[0][1:] == ((3, 4), 7.0)
+    assert r["n"] == 2 * len(calls)
+    assert (r["colour"], r["shape"], r["count"], r["all"], r["duplicates"]) == (1.0, 1.0, 1.0, 1.0, 0.0)
+
+    def doubled_circles(prompt, seeds, cfg):  # right colour, always two circles: the hires failure mode
+        colour = prompt.split()[1]
+        return [_scene(colour, "circle", positions=("top left", "bottom right")) for _ in seeds]
+
+    r = accuracies(doubled_circles, 7.0, [0], progress=False)
+    assert r["colour"] == 1.0 and r["count"] == 0.0 and r["duplicates"] == 1.0 and r["all"] == 0.0
+    assert r["shape"] == pytest.approx(1 / len(world.SHAPES))
+    assert r["shape_by_shape"]["circle"] == 1.0 and r["shape_by_shape"]["star"] == 0.0
+
+
+def test_write_card_fills_and_replaces_its_blocks(tmp_path):
+    from nbdiffuse.toy.evaluate import write_card
+
+    def result(shape):
+        return {"colour": 0.9, "shape": shape, "count": 0.8, "all": 0.5, "duplicates": 0.2, "n": 10,
+                "shape_by_shape": {"circle": shape}, "colour_by_colour": {"red": 0.9}}
+
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# card\n\n<!-- metrics:begin -->\nold\n<!-- metrics:end -->\n\ntail\n")
+    metrics = {"engine": "session", "steps": 20, "sampler": "Euler a", "size": "64x64", "seeds": [0, 1],
+               "results": {"7": result(0.25)}}
+    sizes = {"steps": 20, "sampler": "Euler a", "cfg_scale": 7.0, "seeds": [0],
+             "results": {"128x128 directly": result(0.125)}}
+    write_card(metrics, card, sizes=sizes)
+    text = card.read_text()
+    assert "old" not in text and text.startswith("# card") and "tail" in text
+    assert "| 7 | 90.0% | 25.0% | 80.0% | 20.0% | 50.0% | 10 |" in text
+    assert "| 128x128 directly | 90.0% | 12.5% |" in text
+    metrics["results"]["7"] = result(0.75)
+    write_card(metrics, card)  # replaces the metrics block in place, keeps the sizes block
+    text2 = card.read_text()
+    assert text2.count("<!-- metrics:begin -->") == 1 and "| 7 | 90.0% | 75.0% |" in text2
+    assert "25.0%" not in text2 and "| 128x128 directly |" in text2
