@@ -1,8 +1,7 @@
 """Behaviour of the embedded toy model (a trained SD1-architecture model shipped in the package).
 
-Colour is what this version of the toy model has learnt reliably (see toy/MODEL_CARD.md: shapes are not yet), so
-these tests measure colour with the toy world's own checker: the colour of the largest object, and the fraction of
-pixels nearest to the world's red.
+These tests read images with the toy world's own checker (the colour and shape of the largest object, the object
+count) and the fraction of pixels nearest to the world's red. Its measured accuracies are in toy/MODEL_CARD.md.
 """
 
 import numpy as np
@@ -46,6 +45,24 @@ def test_negative_prompt_red_reduces_redness(toy):
     plain = red_fraction(toy, prompt="a red square on a black background")
     negated = red_fraction(toy, prompt="a red square on a black background", negative_prompt="red")
     assert negated < plain - 0.03
+
+
+def test_emphasis_red_14_is_redder_than_red_07(toy):
+    """A1111's (word:weight) on the toy model, in the default "Original" emphasis mode (weights, then the mean
+    restored) and in "No norm": the red area grows with the weight."""
+    for mode in ("Original", "No norm"):
+        red = {w: red_fraction(toy, prompt=f"a (red:{w}) triangle on a white background", emphasis=mode)
+               for w in (0.7, 1.4)}
+        assert red[1.4] > red[0.7] + 0.02, (mode, red)
+
+
+@pytest.mark.parametrize("prompt, shape", [("a yellow star on a blue background", "star"),
+                                           ("a white triangle", "triangle"),
+                                           ("a green cross on a black background", "cross"),
+                                           ("a purple square", "square")])
+def test_a_prompt_about_a_shape_yields_that_shape(toy, prompt, shape):
+    found = [check(toy.txt2img(**BASE, prompt=prompt, seed=s).images[0])["shape"] for s in SEEDS]
+    assert found.count(shape) >= 3, found
 
 
 def test_prompt_editing_gives_a_third_image(toy):

@@ -184,3 +184,38 @@ def test_write_card_fills_and_replaces_its_blocks(tmp_path):
     text2 = card.read_text()
     assert text2.count("<!-- metrics:begin -->") == 1 and "| 7 | 90.0% | 75.0% |" in text2
     assert "25.0%" not in text2 and "| 128x128 directly |" in text2
+
+
+def test_extra_latent_noise_scales_with_the_latents_spread():
+    import torch
+
+    from nbdiffuse.toy.train import _noisy_latent
+
+    mean = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    std = torch.zeros_like(mean)
+    assert torch.equal(_noisy_latent(mean, std, torch.Generator().manual_seed(1), 0.0), mean)
+    small = _noisy_latent(mean, std, torch.Generator().manual_seed(1), 0.1) - mean
+    big = _noisy_latent(10 * mean, std, torch.Generator().manual_seed(1), 0.1) - 10 * mean
+    assert torch.allclose(big, 10 * small, atol=1e-5)  # growing the latents does not escape the noise
+    assert 0.07 < float(small.std() / mean.std()) < 0.13
+
+
+def test_text_encoder_keeps_a_fixed_non_zero_mean_through_training():
+    """The final LayerNorm bias is pinned at TEXT_MEAN so A1111's mean-restoring emphasis stays well defined."""
+    import torch
+
+    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.toy.train import TEXT_MEAN, build_models, tokenize, train_diffusion
+
+    unet, _vae, text_encoder = build_models(0)
+    norm = next(m for n, m in text_encoder.named_modules() if n.endswith("final_layer_norm"))
+    embedding = next(p for n, p in text_encoder.named_parameters() if n.endswith("token_embedding.weight"))
+    tokens = tokenize(clip_tokenizer("clip_l"), ["a red circle", "a blue star", "a green cross"]).view(1, 3, 77)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = embedding.detach().clone()
+    train_diffusion(unet, text_encoder, latents, torch.zeros_like(latents), tokens, tokens[0, 0], steps=3, batch=2)
+    assert not norm.bias.requires_grad and torch.all(norm.bias == TEXT_MEAN)
+    assert not torch.equal(before, embedding)  # the rest of the text encoder did train
+    with torch.no_grad():
+        z = text_encoder(tokens[0]).last_hidden_state
+    assert abs(float(z.mean()) - TEXT_MEAN) < 0.1

@@ -46,9 +46,9 @@ POSITIONS: dict[str, tuple[int, int]] = {
     "bottom left": (0, 2), "bottom": (1, 2), "bottom right": (2, 2),
 }
 # Object side in pixels, per size word (drawn at a random side in this range).
-SIZE_RANGE = {"small": (16, 22), "large": (30, 38)}
+SIZE_RANGE = {"small": (20, 26), "large": (32, 40)}
 # Grid coordinates of the object centre, per size word (large objects sit closer to the middle to fit).
-GRID = {"small": (14, 32, 50), "large": (21, 32, 43)}
+GRID = {"small": (16, 32, 48), "large": (22, 32, 42)}
 JITTER = 2
 
 # Every word a caption can use (besides colours, shapes, sizes and position words above).
