@@ -179,6 +179,40 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def _fit(name, params, steps, lr, warmup, seconds, batch_loss, log=None, clip=None, after_step=None) -> dict:
+    """The training loop every stage shares: AdamW (no weight decay) with ``warmup`` steps then a cosine decay,
+    ``batch_loss()`` per step, an optional gradient clip, the step count cut by :class:`_Budget` when it would
+    overrun ``seconds``, the smoothed loss shown and logged every 100 steps. ``after_step(done, total)`` runs
+    after each update (the EMA, snapshots)."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    budget = _Budget(name, steps, seconds)
+    bar = tqdm(total=steps, desc=name, mininterval=10)
+    step, ema_loss = 0, None
+    while step < budget.steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, budget.steps, lr, warmup)
+        loss = batch_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        step += 1
+        budget.update(step)
+        if after_step is not None:
+            after_step(step, budget.steps)
+        bar.total = budget.steps
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema_loss:.4f}", refresh=False)
+        if log is not None and step % 100 == 0:
+            log.append({"stage": name, "step": step, "loss": round(ema_loss, 5)})
+    bar.close()
+    return {"steps": budget.steps, "final_loss": ema_loss, "cut": budget.note}
+
+
 # --- stage 2: VAE -------------------------------------------------------------------------------------------
 
 
@@ -196,17 +230,9 @@ def _noisy_latent(mean, std, gen, latent_noise):
 
 def train_vae(vae, images_u8, steps, batch=32, lr=1.5e-3, seed=1, seconds=None, kl_weight=1e-6, latent_noise=0.0,
               log=None):
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    budget = _Budget("vae", steps, seconds)
-    vae.train()
-    bar = tqdm(total=steps, desc="vae", mininterval=10)
-    step, ema_loss = 0, None
-    while step < budget.steps:
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, budget.steps, lr, 100)
+
+    def batch_loss():
         idx = torch.randint(0, len(images_u8), (batch,), generator=gen)
         x = to_pixels(images_u8[idx.numpy()])
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -214,21 +240,12 @@ def train_vae(vae, images_u8, steps, batch=32, lr=1.5e-3, seed=1, seconds=None, 
             rec = vae.decode(_noisy_latent(post.mean, post.std, gen, latent_noise)).sample
         rec = rec.float()
         kl = post.kl().mean() / post.mean[0].numel()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-        step += 1
-        budget.update(step)
-        bar.total = budget.steps
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema_loss:.4f}", refresh=False)
-        if log is not None and step % 100 == 0:
-            log.append({"stage": "vae", "step": step, "loss": round(ema_loss, 5)})
-    bar.close()
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl
+
+    vae.train()
+    info = _fit("vae", list(vae.parameters()), steps, lr, 100, seconds, batch_loss, log=log)
     vae.eval()
-    return {"steps": budget.steps, "final_loss": ema_loss, "cut": budget.note}
+    return info
 
 
 def finetune_decoder(vae, images_u8, lat_mean, lat_std, steps, batch=32, lr=1e-3, seed=4, seconds=None,
@@ -236,39 +253,22 @@ def finetune_decoder(vae, images_u8, lat_mean, lat_std, steps, batch=32, lr=1e-3
     """Train the decoder alone on the frozen encoder's (unscaled) latents: sharper edges, same latent space.
 
     The encoder, the latents the UNet learns, ``scaling_factor`` and the preview matrix do not change."""
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(seed)
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    budget = _Budget("decoder", steps, seconds)
-    vae.decoder.train()
-    bar = tqdm(total=steps, desc="decoder", mininterval=10)
-    step, ema_loss = 0, None
-    while step < budget.steps:
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, budget.steps, lr, 50)
+
+    def batch_loss():
         idx = torch.randint(0, len(images_u8), (batch,), generator=gen)
         x = to_pixels(images_u8[idx.numpy()])
         z = _noisy_latent(lat_mean[idx], lat_std[idx], gen, latent_noise)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             rec = vae.decode(z).sample
         rec = rec.float()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-        step += 1
-        budget.update(step)
-        bar.total = budget.steps
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema_loss:.4f}", refresh=False)
-        if log is not None and step % 100 == 0:
-            log.append({"stage": "decoder", "step": step, "loss": round(ema_loss, 5)})
-    bar.close()
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x)
+
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    vae.decoder.train()
+    info = _fit("decoder", params, steps, lr, 50, seconds, batch_loss, log=log)
     vae.eval()
-    return {"steps": budget.steps, "final_loss": ema_loss, "cut": budget.note}
+    return info
 
 
 @torch.no_grad()
@@ -300,8 +300,6 @@ def fit_preview_matrix(latents_scaled: torch.Tensor, images_u8: np.ndarray) -> l
 def train_diffusion(unet, text_encoder, lat_mean, lat_std, tokens, empty_ids, steps, batch=64, lr=5e-4,
                     seed=2, seconds=None, ema_decay=0.999, log=None, snapshot=None, snapshot_every=500):
     """``tokens``: int tensor [n, CAPTIONS_PER_IMAGE, 77]; latents already multiplied by scaling_factor."""
-    from tqdm.auto import tqdm
-
     from nbdiffuse.models.bundle import scaled_linear_alphas_cumprod
 
     gen = torch.Generator().manual_seed(seed)
@@ -309,17 +307,10 @@ def train_diffusion(unet, text_encoder, lat_mean, lat_std, tokens, empty_ids, st
     snr = ac / (1 - ac)
     weights = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr  # Min-SNR-gamma for epsilon prediction
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in params]
-    budget = _Budget("unet", steps, seconds)
-    unet.train()
-    text_encoder.train()
-    bar = tqdm(total=steps, desc="unet+text", mininterval=10)
-    step, ema_loss = 0, None
     n = len(lat_mean)
-    while step < budget.steps:
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, budget.steps, lr, 200)
+
+    def batch_loss():
         idx = torch.randint(0, n, (batch,), generator=gen)
         which = torch.randint(0, tokens.shape[1], (batch,), generator=gen)
         ids = tokens[idx, which].clone()
@@ -333,32 +324,25 @@ def train_diffusion(unet, text_encoder, lat_mean, lat_std, tokens, empty_ids, st
         cond = text_encoder(ids).last_hidden_state
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        loss = (per * weights[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
+        return (per * weights[t]).mean()
+
+    def after_step(done, total):
+        decay = min(ema_decay, done / (9 + done))
         with torch.no_grad():
             for e, p in zip(ema, params):
                 e.lerp_(p.detach(), 1 - decay)
-        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-        step += 1
-        budget.update(step)
-        bar.total = budget.steps
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema_loss:.4f}", refresh=False)
-        if log is not None and step % 100 == 0:
-            log.append({"stage": "unet", "step": step, "loss": round(ema_loss, 5)})
-        if snapshot is not None and step % snapshot_every == 0 and step < budget.steps:
-            _with_weights(params, ema, lambda s=step: snapshot(s))
-    bar.close()
+        if snapshot is not None and done % snapshot_every == 0 and done < total:
+            _with_weights(params, ema, lambda: snapshot(done))
+
+    unet.train()
+    text_encoder.train()
+    info = _fit("unet", params, steps, lr, 200, seconds, batch_loss, log=log, clip=1.0, after_step=after_step)
     with torch.no_grad():
         for e, p in zip(ema, params):
             p.copy_(e)
     unet.eval()
     text_encoder.eval()
-    return {"steps": budget.steps, "final_loss": ema_loss, "cut": budget.note}
+    return info
 
 
 def _with_weights(params, values, fn):
