@@ -103,25 +103,40 @@ def sample_builtin(bundle, prompt: str, seeds: list[int], steps: int = 20, cfg_s
     return [Image.fromarray(a) for a in arr]
 
 
-def _session_sampler(bundle):
-    """A ``fn(prompt, seeds, cfg_scale) -> images`` backed by ``nbdiffuse.Session``; None if unavailable."""
-    try:
-        import nbdiffuse
+def _new_session(bundle):
+    import nbdiffuse
 
-        session = nbdiffuse.Session(device="cpu", outputs_dir=None, progress=False)
-        session.load(bundle)
-    except Exception as exc:  # noqa: BLE001 - the engine is optional here; say why and fall back
-        print(f"nbdiffuse.Session unavailable ({type(exc).__name__}: {exc}); using the built-in sampler")
-        return None
+    session = nbdiffuse.Session(device="cpu", outputs_dir=None, progress=False)
+    session.load(bundle)
+    return session
+
+
+def _session_run(session, **size):
+    """A ``fn(prompt, seeds, cfg_scale) -> images``: one ``txt2img`` batch at 20 steps of Euler a, 64x64 unless
+    ``size`` says otherwise (``width``, ``height``, hires fields); images larger than 64x64 are box-filtered back
+    to the training size for the checker."""
+    from PIL import Image
+
+    params = {"width": 64, "height": 64, **size}
 
     def run(prompt, seeds, cfg_scale):
         if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
             raise ValueError("the session engine needs consecutive seeds (one batch: seed, seed+1, ...)")
         result = session.txt2img(prompt=prompt, steps=20, sampler_name="Euler a", cfg_scale=cfg_scale,
-                                 seed=int(seeds[0]), batch_size=len(seeds), width=64, height=64)
-        return list(result.images)
+                                 seed=int(seeds[0]), batch_size=len(seeds), **params)
+        return [im if im.size == (64, 64) else im.resize((64, 64), Image.BOX) for im in result.images]
 
     return run
+
+
+def _session_sampler(bundle):
+    """:func:`_session_run` on a new ``nbdiffuse.Session``; None (with the reason printed) if unavailable."""
+    try:
+        session = _new_session(bundle)
+    except Exception as exc:  # noqa: BLE001 - the engine is optional here; say why and fall back
+        print(f"nbdiffuse.Session unavailable ({type(exc).__name__}: {exc}); using the built-in sampler")
+        return None
+    return _session_run(session)
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------
@@ -194,21 +209,10 @@ def evaluate_sizes(bundle, seeds=range(4), cfg_scale: float = 7.0, progress=True
     """Twice the training size, rendered directly versus with hires fix from 64x64 (:data:`SIZE_MODES`; the second
     pass has as many steps as the first): the accuracies of :func:`accuracies` for each, on images box-filtered
     back to 64x64 for the checker. Needs the session."""
-    from PIL import Image
-
-    import nbdiffuse
-
     seeds = list(seeds)
-    session = nbdiffuse.Session(device="cpu", outputs_dir=None, progress=False)
-    session.load(bundle)
-    results = {}
-    for name, size in SIZE_MODES.items():
-        def run(prompt, seeds, cfg_scale, size=size):
-            result = session.txt2img(prompt=prompt, steps=20, sampler_name="Euler a", cfg_scale=cfg_scale,
-                                     seed=int(seeds[0]), batch_size=len(seeds), **size)
-            return [im.resize((64, 64), Image.BOX) for im in result.images]
-
-        results[name] = accuracies(run, cfg_scale, seeds, desc=name, progress=progress)
+    session = _new_session(bundle)
+    results = {name: accuracies(_session_run(session, **size), cfg_scale, seeds, desc=name, progress=progress)
+               for name, size in SIZE_MODES.items()}
     return {"engine": "session", "steps": 20, "sampler": "Euler a", "cfg_scale": cfg_scale, "seeds": seeds,
             "results": results}
 
