@@ -139,3 +139,31 @@ def test_cjk_labels_render_or_warn_but_never_crash():
         grid = draw_grid([[img, None]], ["Prompt S/R: 红色的圆", "x"], ["行 1"])
     assert grid.size[0] >= 64
     label_font("plain ascii", 12)
+
+
+@pytest.mark.parametrize("text", ["1-2 (+0)", "5-1 (-0)"])
+def test_a_zero_step_is_refused_naming_the_value(text):
+    with pytest.raises(ValueError, match=r"step of 0"):
+        expand_ints([text])
+    with pytest.raises(ValueError, match=r"step of 0"):
+        expand_floats([text.replace("1", "1.0")])
+
+
+def test_huge_ranges_are_counted_before_they_are_expanded():
+    # Expanding any of these would take minutes and gigabytes: the refusal comes from the count alone.
+    for text in ["1-100000000 (+1)", "1-10 [100000000]"]:
+        with pytest.raises(ValueError, match=r"expands to 100,000,000 values"):
+            expand_ints([text])
+        with pytest.raises(ValueError, match=r"expands to"):
+            expand_floats([text])
+    # a grid of many small axes is refused from the counts, before a million cells are built
+    with pytest.raises(ValueError, match=r"1,000,000 cells"):
+        plan_xyz(("Seed", "1-10000"), ("CFG Scale", "1-100"), **BASE)
+    with pytest.raises(ValueError, match=r"at least .* MP"):
+        plan_xyz(("Seed", "1-5000"), None, **{**BASE, "width": 512, "height": 512})
+
+
+@pytest.mark.parametrize("spec", ["Seed", ("Seed",), ("Seed", "1", "2"), (3, "1, 2")])
+def test_a_malformed_axis_gets_a_message_not_an_unpacking_error(spec):
+    with pytest.raises(ValueError, match=r"An axis (is a pair|type is a name)"):
+        plan_xyz(spec, None, **BASE)

@@ -37,21 +37,43 @@ def split_values(text: str) -> list[str]:
     return [v.strip() for row in rows for v in row if v.strip() != ""]
 
 
+MAX_AXIS_VALUES = 10_000  # far beyond any grid that can be generated and looked at; counted before expanding
+
+
+def _count_ok(text: str, count: int) -> int:
+    if count > MAX_AXIS_VALUES:
+        raise ValueError(f"{text!r} expands to {count:,} values, more than the {MAX_AXIS_VALUES:,} an axis may have; "
+                         "use a larger step or a [count]")
+    return count
+
+
+def _step(text: str, step: float) -> float:
+    if step == 0:
+        raise ValueError(f"{text!r} has a step of 0; use a non-zero step like '(+1)' or '(-1)'")
+    return step
+
+
 def expand_ints(values: Sequence[str]) -> list[int]:
-    """``1-5`` -> 1..5, ``1-5 (+2)`` -> 1,3,5, ``1-10 [4]`` -> 4 evenly spaced (A1111's rules)."""
+    """``1-5`` -> 1..5, ``1-5 (+2)`` -> 1,3,5, ``1-10 [4]`` -> 4 evenly spaced (A1111's rules).
+
+    Ranges are counted before they are expanded: a step of 0 or more than ``MAX_AXIS_VALUES`` values is refused.
+    """
     out: list[int] = []
     for v in values:
         m, mc = _INT_RANGE.fullmatch(v), _INT_COUNT.fullmatch(v)
         if m is not None:
             start, end = int(m.group(1).replace(" ", "")), int(m.group(2).replace(" ", ""))
-            step = int(m.group(3)) if m.group(3) is not None else 1
-            out += list(range(start, end + 1, step))
+            step = int(_step(v, int(m.group(3)))) if m.group(3) is not None else 1
+            span = range(start, end + 1, step)
+            _count_ok(v, len(span))
+            out += list(span)
         elif mc is not None:
             start, end = int(mc.group(1).replace(" ", "")), int(mc.group(2).replace(" ", ""))
-            num = int(mc.group(3)) if mc.group(3) is not None else 1
+            num = _count_ok(v, int(mc.group(3))) if mc.group(3) is not None else 1
             out += [int(x) for x in np.linspace(start, end, num).tolist()]
         else:
             out.append(int(v))
+        _count_ok(", ".join(values), len(out))
     return out
 
 
@@ -62,14 +84,16 @@ def expand_floats(values: Sequence[str]) -> list[float]:
         m, mc = _FLOAT_RANGE.fullmatch(v), _FLOAT_COUNT.fullmatch(v)
         if m is not None:
             start, end = float(m.group(1).replace(" ", "")), float(m.group(2).replace(" ", ""))
-            step = float(m.group(3)) if m.group(3) is not None else 1.0
+            step = _step(v, float(m.group(3))) if m.group(3) is not None else 1.0
+            _count_ok(v, max(0, math.ceil((end + step - start) / step)))
             out += [round(x, 10) for x in np.arange(start, end + step, step).tolist()]
         elif mc is not None:
             start, end = float(mc.group(1).replace(" ", "")), float(mc.group(2).replace(" ", ""))
-            num = int(float(mc.group(3))) if mc.group(3) is not None else 1
+            num = _count_ok(v, int(float(mc.group(3)))) if mc.group(3) is not None else 1
             out += np.linspace(start, end, num).tolist()
         else:
             out.append(float(v))
+        _count_ok(", ".join(values), len(out))
     return out
 
 
@@ -249,7 +273,11 @@ class GridPlan:
 def _axis_values(spec) -> tuple[Axis, list]:
     if spec is None:
         return AXES["Nothing"], [None]
+    if isinstance(spec, str) or not isinstance(spec, Sequence) or len(spec) != 2:
+        raise ValueError(f"An axis is a pair (axis type, values), e.g. (\"Steps\", \"10, 20, 30\"); got {spec!r}")
     name, values = spec
+    if not isinstance(name, str):
+        raise ValueError(f"An axis type is a name like \"Steps\" or \"CFG Scale\"; got {name!r}")
     axis = resolve_axis(name)
     try:
         parsed = axis.parse(values)
@@ -273,6 +301,7 @@ def plan_xyz(x=None, y=None, z=None, *, limit_mp: float | None = 200.0, checkpoi
         if axis.kind == "vae":
             _check_names(axis, values, vaes, "VAE")
     base = GenerationParams.from_kwargs(**params)  # validates the base before the cells
+    _refuse_too_many_cells(axes, base, limit_mp)
     base_dict = {**params}
     cells, sizes = {}, {}
     for ix, iy, iz in itertools.product(*(range(len(v)) for _, v in axes)):
@@ -312,6 +341,28 @@ def plan_xyz(x=None, y=None, z=None, *, limit_mp: float | None = 200.0, checkpoi
     if limit_mp is not None and plan.grid_mp > limit_mp:
         raise ValueError(_too_large(plan))
     return plan
+
+
+MAX_CELLS = 100_000
+
+
+def _refuse_too_many_cells(axes: list[tuple[Axis, list]], base: GenerationParams, limit_mp: float | None) -> None:
+    """Refuse from the counts alone, before any cell is built: even at the smallest cell size the grid is too big."""
+    count = math.prod(len(values) for _, values in axes)
+    sizes = [(base.width, base.height)]
+    for axis, values in axes:
+        if axis.kind == "size":
+            sizes += [tuple(int(n) for n in v.lower().split("x")) for v in values]
+    smallest_mp = min(w * h for w, h in sizes) / 1e6
+    names = " × ".join(f"{len(vs)} {a.name}" for a, vs in axes if a.name != "Nothing")
+    if count > MAX_CELLS:
+        raise ValueError(f"The grid has {count:,} cells ({names}), more than the {MAX_CELLS:,} a grid may have. "
+                         "Nothing was generated. Fix: use fewer axis values.")
+    # Up to a thousand cells are cheap to build, and the full check below then names the better fix (split by Z).
+    if limit_mp is not None and count > 1_000 and count * smallest_mp > limit_mp:
+        raise ValueError(f"The grid would be at least {count * smallest_mp:,.0f} MP ({count:,} cells: {names}, of at "
+                         f"least {smallest_mp:.2f} MP each), over the {limit_mp} MP limit. Nothing was generated. "
+                         "Fix: use fewer axis values, or raise limit_mp.")
 
 
 def _check_names(axis: Axis, values, known, what: str) -> None:
