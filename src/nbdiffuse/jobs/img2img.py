@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -84,15 +85,43 @@ def img2img_sigmas(scheduler: str, steps: int, denoising: float, bundle, spec, *
 
 def _as_image(image) -> Image.Image:
     if isinstance(image, (str, Path)):
-        image = Image.open(image)
-        image.load()
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"init_images: {str(image)!r} is not an image file")
+        try:
+            image = Image.open(image)
+            image.load()
+        except OSError as e:
+            raise ValueError(f"init_images: cannot read {str(image)!r} as an image ({e})") from None
     if not isinstance(image, Image.Image):
-        raise TypeError(f"init_images: expected PIL images (or file paths), got {type(image).__name__}")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        raise TypeError(f"init_images: expected PIL images or image file paths, got {type(image).__name__}")
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as the RGB picture a user sees: transparency over white (A1111's img2img background colour),
+    16-bit and 32-bit integer images scaled from their full range, float images from 0..1 (or 0..255).
+
+    Pillow's own ``convert("RGB")`` clips 16-bit values at 255 (mid-grey becomes white); this does not.
+    """
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            scale = 255.0 if np.nanmax(a, initial=0.0) <= 1.0 else 1.0
+        elif image.mode.startswith("I;16") or np.max(a, initial=0) > 255:
+            scale = 255.0 / 65535.0
+        else:
+            scale = 1.0
+        a = np.nan_to_num(a * scale, nan=0.0).clip(0, 255).round().astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # A1111's img2img_background_color
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as e:
+        raise ValueError(f"init_images: cannot convert a {image.mode} image to RGB ({e}); save it as RGB first"
+                         ) from None
 
 
 def prepare_init_images(p: GenerationParams, init_images) -> tuple[GenerationParams, list[Image.Image]]:
@@ -100,6 +129,9 @@ def prepare_init_images(p: GenerationParams, init_images) -> tuple[GenerationPar
     with the batch size actually used and the images as RGB."""
     if init_images is None or isinstance(init_images, (Image.Image, str, Path)):
         init_images = [init_images] if init_images is not None else []
+    if not isinstance(init_images, (list, tuple)):
+        raise TypeError(f"init_images: expected a PIL image, an image file path or a list of them, got "
+                        f"{type(init_images).__name__}")
     images = [_as_image(im) for im in init_images]
     if not images:
         raise ValueError("img2img needs an init image: pass init_images=[PIL image, ...] (or file paths).")
