@@ -26,6 +26,18 @@ def test_defaults_are_a1111s():
     ("cfg_scale", float("nan"), "cfg_scale=nan"),
     ("steps", 2.5, "an integer"),
     ("clip_skip", 0, "clip_skip=0"),
+    # non-finite and absurd numbers are refused where they enter, not saved as a black PNG with "CFG scale: inf"
+    ("cfg_scale", float("inf"), "cfg_scale=inf is not valid: it must be a finite number"),
+    ("cfg_scale", 1e308, "cfg_scale=1e.308 is not valid: it must be between -1000 and 1000"),
+    ("s_noise", float("inf"), "s_noise=inf is not valid: it must be a finite number"),
+    ("s_churn", float("-inf"), "s_churn=-inf"),
+    ("eta", float("inf"), "eta=inf"),
+    ("seed", float("inf"), "seed=inf is not valid: it must be an integer"),
+    ("subseed", 2**64, "subseed=18446744073709551616 is not valid: it must be -1 .random. or an integer from 0"),
+    ("seed", 2**64 - 1, "seed=18446744073709551615"),
+    ("seed_resize_from_w", 10**6, "seed_resize_from_w=1000000 is not valid: it must be at most 16384"),
+    ("sampler_name", None, "sampler_name=None is not valid: it must be a name"),
+    ("hr_upscaler", 3, "hr_upscaler=3"),
 ])
 def test_invalid_values_name_the_field_and_the_rule(field, value, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):

@@ -27,6 +27,7 @@ _IGNORED_AT_DEFAULT = {
 _SAME = ("", "Use same sampler", "Use same scheduler")  # A1111's "keep the first pass's" values
 
 MAX_PIXELS_PER_BATCH = 64 * 1024 * 1024  # width * height * batch_size; far above any GPU's reach
+MAX_SEED_VALUE = 2**64 - 1  # torch.Generator.manual_seed's range
 
 
 @dataclass(frozen=True)
@@ -97,16 +98,28 @@ class GenerationParams:
         _check(self.width * self.height * self.batch_size <= MAX_PIXELS_PER_BATCH, "batch_size",
                self.batch_size, f"small enough that width*height*batch_size <= {MAX_PIXELS_PER_BATCH}; "
                "use n_iter for more images")
-        _check(self.seed >= -1, "seed", self.seed, "-1 (random) or a non-negative integer")
-        _check(self.subseed >= -1, "subseed", self.subseed, "-1 (random) or a non-negative integer")
+        last = MAX_SEED_VALUE - self.batch_size * self.n_iter
+        _check(-1 <= self.seed <= last, "seed", self.seed, f"-1 (random) or an integer from 0 to {last}")
+        _check(-1 <= self.subseed <= last, "subseed", self.subseed, f"-1 (random) or an integer from 0 to {last}")
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            _check(getattr(self, name) <= 16384, name, getattr(self, name), "at most 16384 (0 or -1: off)")
         _check(self.clip_skip >= 1, "clip_skip", self.clip_skip, "at least 1 (1 = the last layer)")
         for name in ("cfg_scale", "subseed_strength", "s_churn", "s_tmin", "s_tmax", "s_noise"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value),
                    name, value, "a number")
+            _check(name == "s_tmax" or math.isfinite(value), name, value, "a finite number")
+        # Far beyond any useful guidance (A1111's slider stops at 30), and small enough that the guided
+        # prediction cannot overflow to inf and come out as a black picture.
+        _check(abs(self.cfg_scale) <= 1000, "cfg_scale", self.cfg_scale, "between -1000 and 1000")
         _check(0.0 <= self.subseed_strength <= 1.0, "subseed_strength", self.subseed_strength, "between 0 and 1")
         if self.eta is not None:
-            _check(isinstance(self.eta, (int, float)) and self.eta >= 0, "eta", self.eta, "a number >= 0")
+            _check(_is_number(self.eta) and 0 <= self.eta < math.inf, "eta", self.eta, "a finite number >= 0")
+        for name in ("sampler_name", "scheduler"):
+            _check(isinstance(getattr(self, name), str), name, getattr(self, name), "a name (a string)")
+        for name in ("hr_sampler_name", "hr_scheduler", "hr_upscaler"):
+            value = getattr(self, name)
+            _check(value is None or isinstance(value, str), name, value, "a name (a string) or None")
         try:
             sampler, combined_schedule = resolve_sampler(self.sampler_name)
         except ValueError as e:
