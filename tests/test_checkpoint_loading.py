@@ -288,6 +288,13 @@ def test_session_keeps_previous_model_after_each_bad_file(files, tmp_path):
         assert s.model is model
     with pytest.raises(ModelLoadError, match="no such file"):
         s.load("not-a-model-name")
+    for not_a_model in (None, 123, "", " "):  # '' was read as the current folder, None/123 failed inside pathlib
+        with pytest.raises(ModelLoadError, match="not a model: pass a file path"):
+            s.load(not_a_model)
+        if not_a_model is not None:  # load_vae(None) means "the checkpoint's own VAE again"
+            with pytest.raises(ModelLoadError, match="not a model: pass a file path"):
+                s.load_vae(not_a_model)
+        assert s.model is model
     assert torch.equal(s.txt2img(**params).latents, before)
     assert model.info["report"].startswith("Weights loaded in ")
 

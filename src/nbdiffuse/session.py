@@ -117,6 +117,10 @@ class Session:
         """A path for ``model``: an existing file/folder, or a name in the ``kind`` model folder."""
         from .models.errors import ModelLoadError
 
+        if not isinstance(model, (str, Path)) or not str(model).strip():
+            raise ModelLoadError(repr(model), f"not a model: pass a file path, a folder or a name in the {kind} "
+                                 "folder (a non-empty string or Path)" + (', or "toy"' if kind == "checkpoints"
+                                                                           else ""))
         path = Path(model).expanduser()
         if path.exists():
             return path
