@@ -74,3 +74,23 @@ def test_set_latent_errors(session):
     with pytest.raises(ValueError, match="past the last step"):
         dbg.run_to(9)
     dbg.close()
+
+
+@pytest.mark.parametrize("returned,error,message", [
+    (lambda s: s.x.numpy(), TypeError, r"Hook .*bad_hook returned a ndarray at step 0: a hook returns None"),
+    (lambda s: "x", TypeError, r"returned a str"),
+    (lambda s: s.x[:1].repeat(2, 1, 1, 1), ValueError, r"shape \(2, 4, 8, 8\) at step 0: it must be shaped like "
+                                                       r"state.x \(1, 4, 8, 8\)"),
+    (lambda s: s.x * float("nan"), ValueError, r"returned a latent with NaN/inf values at step 0"),
+])
+def test_a_bad_hook_return_is_refused_at_once_naming_the_hook(session, returned, error, message):
+    calls = []
+
+    def bad_hook(state):
+        calls.append(state.i)
+        return returned(state)
+
+    with pytest.raises(error, match=message):
+        session.txt2img(hooks=[bad_hook], **PARAMS)
+    assert calls == [0]  # refused at the first step, not after the UNet choked on it
+    assert torch.isfinite(session.txt2img(**PARAMS).latents).all()  # the session goes on

@@ -240,6 +240,22 @@ def plan_pass(bundle, p: GenerationParams, encoder: TextEncoder, prompt: str, ne
                     time_ids, name)
 
 
+def checked_replacement(hook: Hook, out, state: StepState) -> torch.Tensor:
+    """A latent a hook returned, checked at once (not steps later, deep inside the UNet) and named by its hook."""
+    name = getattr(hook, "__qualname__", None) or repr(hook)
+    x = state.x
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"Hook {name} returned a {type(out).__name__} at step {state.i}: a hook returns None "
+                        f"(observe only) or a torch.Tensor shaped like state.x {tuple(x.shape)}")
+    if out.shape != x.shape:
+        raise ValueError(f"Hook {name} returned a tensor of shape {tuple(out.shape)} at step {state.i}: it must be "
+                         f"shaped like state.x {tuple(x.shape)}")
+    if not torch.isfinite(out).all():
+        raise ValueError(f"Hook {name} returned a latent with NaN/inf values at step {state.i}; nothing after it "
+                         "could be a picture")
+    return out.to(device=x.device, dtype=x.dtype)
+
+
 def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Sequence[int],
              subseeds: Sequence[int], shape: Sequence[int], *, init: torch.Tensor | None = None,
              extra_noise: float = 0.0, downscale: int = 8, hooks: Sequence[Hook] = (),
@@ -296,7 +312,7 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
             for hook in hooks:
                 out = hook(state)
                 if out is not None:
-                    replacement = state.x = out
+                    replacement = state.x = checked_replacement(hook, out, state)
             if progress is not None:
                 progress(state)
             yield state
