@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
+from .jobs.lock import HeldJob, JobLock
 from .jobs.params import GenerationParams
 from .jobs.result import Result
 from .jobs.txt2img import Hook, JobControl, txt2img_steps
@@ -23,6 +25,21 @@ def default_device() -> torch.device:
 def default_dtype(device: torch.device) -> torch.dtype:
     """float16 on CUDA (what A1111 runs), float32 elsewhere (CPU half precision is slow and lossy)."""
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def _exclusive(what: str):
+    """Run a Session method with the session held (:mod:`nbdiffuse.jobs.lock`): never during another thread's job,
+    and refused while this thread's own job is paused."""
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            release = self._lock.acquire(what, job=False)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                release()
+        return run
+    return wrap
 
 
 class StepRun:
@@ -90,6 +107,7 @@ class Session:
         self.encoder: TextEncoder | None = None
         self.last_result: Result | None = None
         self._control = JobControl()
+        self._lock = JobLock()
         self._loras = {}  # (path, mtime) -> LoRA read from disk
 
     # models -----------------------------------------------------------------------------------------------
@@ -129,6 +147,7 @@ class Session:
         raise ModelLoadError(model, "no such file or folder" + ("" if path.is_absolute() else
                                     " (and no models_dir is configured to look the name up in)"))
 
+    @_exclusive("loading a model")
     def load(self, model: str | Path | ModelBundle, *, hash: bool = True) -> ModelBundle:
         """Load a model and make it current: a :class:`ModelBundle`, a single-file checkpoint (``.safetensors``;
         ``.ckpt``/``.pt`` through ``torch.load(weights_only=True)`` only), a diffusers folder, a name in the
@@ -188,6 +207,7 @@ class Session:
             return None
         return load_embeddings(folders[0], bundle=bundle)
 
+    @_exclusive("loading a VAE")
     def load_vae(self, vae: str | Path | torch.nn.Module | None) -> ModelBundle:
         """Use another VAE with the current model: a VAE file (LDM or diffusers layout), a name in the VAE
         folder of ``models_dir``, an ``AutoencoderKL``, or ``None`` for the checkpoint's own VAE again."""
@@ -213,6 +233,7 @@ class Session:
             self._original_vae = old
         return bundle
 
+    @_exclusive("unloading the model")
     def unload(self) -> None:
         """Free the current model."""
         self.model = None
@@ -335,17 +356,34 @@ class Session:
             self.encoder.emphasis = p.emphasis
         return p
 
+    def _held(self, what: str, build: Callable[[], tuple]) -> tuple:
+        """``build()`` -> ``(params, job generator)`` with the session held from before the job's set-up until the
+        generator ends (:mod:`nbdiffuse.jobs.lock`: other threads wait, the same thread is refused)."""
+        release = self._lock.acquire(what)
+        try:
+            p, gen = build()
+        except BaseException:
+            release()
+            raise
+        return p, HeldJob(gen, release)
+
     def _txt2img_job(self, params: dict, hooks: Sequence[Hook] | None, preview: int | None = None):
-        p = self._params(params)
-        bundle, kw = self._start(hooks, preview)
-        return p, self._with_networks(p, txt2img_steps(bundle, p, self.encoder, **kw))
+        def build():
+            p = self._params(params)
+            bundle, kw = self._start(hooks, preview)
+            return p, self._with_networks(p, txt2img_steps(bundle, p, self.encoder, **kw))
+
+        return self._held("a txt2img job", build)
 
     def _img2img_job(self, init_images, params: dict, hooks: Sequence[Hook] | None, preview: int | None = None):
         from .jobs.img2img import img2img_steps
 
-        p = self._params(params)
-        bundle, kw = self._start(hooks, preview)
-        return p, self._with_networks(p, img2img_steps(bundle, p, self.encoder, init_images, **kw))
+        def build():
+            p = self._params(params)
+            bundle, kw = self._start(hooks, preview)
+            return p, self._with_networks(p, img2img_steps(bundle, p, self.encoder, init_images, **kw))
+
+        return self._held("an img2img job", build)
 
     def txt2img(self, *, hooks: Sequence[Hook] | None = None, preview: int | None = None, **params) -> Result:
         """Generate images from text. Parameters are A1111's API fields (``prompt``, ``steps``, ``seed``, ...);
@@ -368,11 +406,14 @@ class Session:
         ``final_denoising_strength`` along ``denoising_curve`` (A1111's Loopback script)."""
         from .jobs.img2img import loopback_steps
 
-        p = self._params(params)
-        bundle, kw = self._start(hooks)
-        gen = self._with_networks(p, loopback_steps(
-            bundle, p, self.encoder, init_images, loops=loops, final_denoising_strength=final_denoising_strength,
-            denoising_curve=denoising_curve, **kw))
+        def build():
+            p = self._params(params)
+            bundle, kw = self._start(hooks)
+            return p, self._with_networks(p, loopback_steps(
+                bundle, p, self.encoder, init_images, loops=loops, final_denoising_strength=final_denoising_strength,
+                denoising_curve=denoising_curve, **kw))
+
+        p, gen = self._held("a loopback job", build)
         return self._run(gen, p.steps * loops * p.n_iter, "Loopback")
 
     def hires_fix(self, result: Result | None = None, *, indices=None, hooks: Sequence[Hook] | None = None,
@@ -384,10 +425,13 @@ class Session:
         result = result if result is not None else self.last_result
         if result is None:
             raise ValueError("hires_fix needs a result: run txt2img first or pass result=...")
-        bundle, kw = self._start(hooks)
-        self.encoder.emphasis = result.params.emphasis
-        gen = self._with_networks(result.params, hires_fix_steps(bundle, result, self.encoder, indices=indices,
-                                                                 **changes, **kw))
+        def build():
+            bundle, kw = self._start(hooks)
+            self.encoder.emphasis = result.params.emphasis
+            return result.params, self._with_networks(result.params, hires_fix_steps(
+                bundle, result, self.encoder, indices=indices, **changes, **kw))
+
+        _, gen = self._held("a hires fix job", build)
         return self._run(gen, result.params.hr_second_pass_steps or result.params.steps, "Hires fix")
 
     def steps(self, *, init_images=None, hooks: Sequence[Hook] | None = None, **params) -> StepRun:

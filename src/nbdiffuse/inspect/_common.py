@@ -8,15 +8,17 @@ from collections.abc import Callable
 
 import torch
 
+from ..sampling.denoiser import unet_rows
+
 
 def batch_layout(sample: torch.Tensor) -> tuple[int, int]:
     """``(entries, batch)`` of a guided UNet batch, read off the UNet's input.
 
-    :class:`~nbdiffuse.sampling.guidance.CFGDenoiser` sends ``x.repeat(entries, 1, 1, 1)``: the same ``batch``
-    latents once per entry (the positive ``AND`` parts, then the negative prompt), entry-major. The input is
-    therefore periodic with period ``batch`` (the images of one batch start from different noise, so the period is
-    exactly the batch size), and ``entries = rows // batch``. With CFG scale 1 and one positive part the negative
-    half is skipped and ``entries == 1``.
+    An entry-major batch holds the same ``batch`` latents once per entry (the positive ``AND`` parts, then the
+    negative prompt). The input is therefore periodic with period ``batch`` (the images of one batch start from
+    different noise, so the period is exactly the batch size), and ``entries = rows // batch``. With CFG scale 1
+    and one positive part the negative half is skipped and ``entries == 1``. (:class:`~nbdiffuse.sampling.guidance.
+    CFGDenoiser` runs one image per UNet forward: each forward is ``(entries, 1)``, see :meth:`StepTracker.gather`.)
     """
     rows = sample.shape[0]
     for period in range(1, rows + 1):
@@ -42,7 +44,9 @@ class StepTracker:
     the call happened: a sampler hook (:meth:`hook`) runs after every step and advances the counter, so the calls
     made before the hook of step ``i`` belong to step ``i``. ``call`` counts the UNet calls within the current step
     (second-order samplers make two); probes record the first. Only the first batch (``n_iter`` iteration) of the
-    first job is tracked: after its last step ``done`` is set.
+    first job is tracked: after its last step ``done`` is set. A model call of a batch runs one UNet forward per
+    image (:func:`~nbdiffuse.sampling.denoiser.unet_rows` says which); :meth:`gather` joins them back into one
+    entry-major batch, and ``layout`` is the whole call's.
 
     ``install()`` appends :meth:`hook` to ``session.hooks`` (a job reads that list when it starts: enter the probe
     before starting the job); for a bare bundle, pass ``tracker.hook`` in the job's ``hooks=``.
@@ -55,6 +59,8 @@ class StepTracker:
         self.done = False
         self.layout: tuple[int, int] = (1, 1)
         self.latent_hw: tuple[int, int] | None = None
+        self.rows = None  # the running forward's UNetRows (None: a forward that is a whole model call)
+        self._pieces: dict = {}
         self._installed = False
         self._handle = None
 
@@ -73,9 +79,31 @@ class StepTracker:
         sample = args[0] if args else kwargs.get("sample")
         if sample is None or self.done:
             return
-        self.call += 1
-        self.layout = batch_layout(sample)
+        rows = unet_rows()
+        self.rows = rows if rows is not None and (rows.stop - rows.start) < rows.total else None
+        if self.rows is None or self.rows.start == 0:
+            self.call += 1
+            self._pieces.clear()
+        entries, batch = batch_layout(sample)
+        self.layout = (entries, self.rows.total // entries) if self.rows is not None else (entries, batch)
         self.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+
+    def gather(self, key, tensor: torch.Tensor) -> torch.Tensor | None:
+        """``tensor`` (a module's capture ``key`` in this forward) joined with the same capture of the model call's
+        other per-image forwards, entry-major as one batched call would give it; ``None`` until the last forward.
+        Tensors whose first axis is not the forward's rows are joined along it as they come."""
+        if self.rows is None:
+            return tensor
+        pieces = self._pieces.setdefault(key, [])
+        pieces.append(tensor.detach().clone() if self.rows.stop < self.rows.total else tensor)
+        if self.rows.stop < self.rows.total:
+            return None
+        del self._pieces[key]
+        entries, batch = self.layout
+        if len(pieces) != batch or any(p.shape[0] != entries for p in pieces):
+            return torch.cat(pieces)
+        stacked = torch.stack(pieces, dim=1)  # (entries, batch, ...)
+        return stacked.reshape(entries * batch, *stacked.shape[2:])
 
     @property
     def first_call(self) -> bool:
@@ -100,6 +128,15 @@ class StepTracker:
                     del hooks[k]
                     break
             self._installed = False
+
+
+def hold_session(session_or_bundle, what: str) -> Callable[[], None]:
+    """Hold a Session for a ``with`` block that changes its UNet (probes, attention processors): other threads'
+    jobs wait until the returned release is called; jobs of this thread run inside (:mod:`nbdiffuse.jobs.lock`)."""
+    lock = getattr(session_or_bundle, "_lock", None)
+    if lock is None:
+        return lambda: None
+    return lock.acquire(what, job=False, exclusive=False)
 
 
 def unet_of(session_or_bundle) -> torch.nn.Module:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import StepTracker, select_modules, split_rows, unet_of
+from ._common import StepTracker, hold_session, select_modules, split_rows, unet_of
 
 
 class RecordingAttnProcessor:
@@ -170,6 +170,7 @@ class AttentionMaps:
         unet = unet_of(self.session)
         self.modules = select_modules(unet, self.layer_selectors, candidates=_is_cross_attention,
                                       what="cross-attention layer")
+        self._release = hold_session(self.session, "attention maps")
         try:
             for name, module in self.modules.items():
                 self._originals[name] = module.processor
@@ -191,6 +192,9 @@ class AttentionMaps:
             self.modules[name].set_processor(original)
         self._originals.clear()
         self._tracker.remove()
+        release, self._release = getattr(self, "_release", None), None
+        if release is not None:
+            release()
         for d in (self.by_step, self.by_layer):
             for k, v in d.items():
                 d[k] = v.cpu()
@@ -203,6 +207,9 @@ class AttentionMaps:
     @torch.no_grad()
     def _record(self, probs: torch.Tensor, attn) -> None:
         tracker = self._tracker
+        probs = tracker.gather(self._names[id(attn)], probs)
+        if probs is None:  # more per-image forwards of this model call to come
+            return
         entries, batch = tracker.layout
         if probs.shape[0] == entries * batch:
             rows = slice(0, batch)  # the first positive part of each image

@@ -16,11 +16,13 @@ block before starting the job, or create a :class:`~nbdiffuse.inspect.debug.Debu
 call the UNet more than once per step (Heun, DPM2, ...), the first call of each step is recorded (the one at
 ``state.sigma``). Only the first ``n_iter`` batch of the first job inside the block is captured.
 
-**Cond/uncond.** Guidance runs the positive prompt(s) and the negative prompt in one UNet batch, entry-major: for one
-positive part and batch size ``b``, rows ``[:b]`` are cond and rows ``[b:2b]`` uncond (with ``AND``, all positive
-parts come first, the negative last). The layout is read off each UNet call's input (the latent is repeated once per
-entry). ``activations[name][i]`` is ``{"cond": tensor, "uncond": tensor or None}``: ``uncond`` is ``None`` when
-guidance skipped the negative half (CFG scale 1). Tensors are detached copies on the CPU, in the model's dtype.
+**Cond/uncond.** Guidance runs each image's positive prompt(s) and negative prompt in one UNet forward (one forward
+per image, so an image of a batch is computed exactly as alone); a capture joins a model call's forwards entry-major:
+for one positive part and batch size ``b``, rows ``[:b]`` are cond and rows ``[b:2b]`` uncond (with ``AND``, all
+positive parts come first, the negative last). The layout is read off each UNet forward's input (the latent is
+repeated once per entry). ``activations[name][i]`` is ``{"cond": tensor, "uncond": tensor or None}``: ``uncond``
+is ``None`` when guidance skipped the negative half (CFG scale 1). Tensors are detached copies on the CPU, in the
+model's dtype.
 
 **Memory.** Captures stop, with one warning saying where, once ``budget_bytes`` (default 1 GiB) would be exceeded;
 ``probe.truncated`` tells. Hooks are removed when the block exits, also on error.
@@ -35,7 +37,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ._common import StepTracker, select_modules, split_rows, unet_of
+from ._common import StepTracker, hold_session, select_modules, split_rows, unet_of
 
 CAPTURE = ("output", "input")
 
@@ -94,6 +96,7 @@ class Probe:
         unet = unet_of(self.session)
         self.modules = select_modules(unet, self.selectors)
         self.activations = {name: {} for name in self.modules}
+        self._release = hold_session(self.session, "a probe")
         try:
             for name, module in self.modules.items():
                 if self.capture == "output":
@@ -117,6 +120,9 @@ class Probe:
             handle.remove()
         self._handles.clear()
         self._tracker.remove()
+        release, self._release = getattr(self, "_release", None), None
+        if release is not None:
+            release()
 
     # capturing --------------------------------------------------------------------------------------------
     def _output_hook(self, name):
@@ -137,6 +143,9 @@ class Probe:
 
     def _record(self, name: str, tensor: torch.Tensor | None) -> None:
         if tensor is None or not self._wanted():
+            return
+        tensor = self._tracker.gather(name, tensor)
+        if tensor is None:  # more per-image forwards of this model call to come
             return
         step = self._tracker.step
         entries, batch = self._tracker.layout
