@@ -53,6 +53,15 @@ def test_session_maps_sum_to_one_and_processors_come_back(session):
         maps.heatmap("square")
 
 
+def test_each_image_of_a_batch_has_the_maps_it_has_alone(session):
+    with AttentionMaps(session, words=["circle"]) as batch:
+        session.txt2img(**PARAMS, batch_size=2)
+    with AttentionMaps(session, words=["circle"]) as alone:
+        session.txt2img(**{**PARAMS, "seed": PARAMS["seed"] + 1})
+    assert torch.equal(batch.token_maps(image=1), alone.token_maps(image=0))
+    assert not torch.equal(batch.token_maps(image=0), batch.token_maps(image=1))
+
+
 def test_layers_filter_and_restore_on_error(session):
     unet = session.model.unet
     before = dict(unet.attn_processors)

@@ -11,8 +11,8 @@ class ValueDenoiser:
     def __init__(self):
         self.batches = []
 
-    def __call__(self, x, sigma, context, added=None):
-        self.batches.append((x.shape[0], context.shape[1], added))
+    def __call__(self, x, sigma, context, added=None, rows_per_call=None):
+        self.batches.append((x.shape[0], context.shape[1], added, rows_per_call))
         return torch.ones_like(x) * context[:, 0, 0].reshape(-1, 1, 1, 1)
 
 
@@ -38,11 +38,11 @@ def test_and_parts_are_weighted_sum_of_differences():
     assert torch.allclose(g(X, SIGMA), torch.full_like(X, expected))
 
 
-def test_all_conditionings_run_in_one_batched_call():
+def test_all_conditionings_run_in_one_model_call_one_image_per_unet_forward():
     d = ValueDenoiser()
     g = CFGDenoiser(d, [([(20, const(3.0))], 1.0), ([(20, const(5.0))], 1.0)], [(20, const(1.0))], 7.0)
     g(X, SIGMA)
-    assert d.batches == [(6, 77, None)]
+    assert d.batches == [(6, 77, None, 3)]  # image-major rows: an image's 3 entries per UNet forward
 
 
 def test_cfg_one_skips_the_negative_half():
@@ -83,5 +83,5 @@ def test_sdxl_pooled_and_time_ids_go_to_added_cond():
     g(X, SIGMA)
     added = d.batches[0][2]
     assert added["text_embeds"].shape == (4, 5) and added["time_ids"].shape == (4, 6)
-    assert torch.equal(added["text_embeds"][:2], torch.ones(2, 5))
-    assert torch.equal(added["text_embeds"][2:], torch.zeros(2, 5))
+    assert torch.equal(added["text_embeds"][0::2], torch.ones(2, 5))  # image-major: [cond, uncond] per image
+    assert torch.equal(added["text_embeds"][1::2], torch.zeros(2, 5))

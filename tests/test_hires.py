@@ -150,11 +150,13 @@ def test_hires_sampler_and_schedule_apply_to_pass_two_only(jobs):
     assert (params["hr_sampler_name"], params["hr_scheduler"]) == ("DPM++ 2M", "Exponential")
 
 
-def test_fresh_noise_from_the_same_seeds_batch_and_single_agree(jobs):
-    batch = jobs.txt2img(**BASE, enable_hr=True, batch_size=2)
-    single = jobs.txt2img(**{**BASE, "seed": 43}, enable_hr=True)
+@pytest.mark.parametrize("upscaler", [None, "Lanczos"])
+def test_fresh_noise_from_the_same_seeds_batch_and_single_agree(jobs, upscaler):
+    batch = jobs.txt2img(**BASE, enable_hr=True, hr_upscaler=upscaler, batch_size=2)
+    single = jobs.txt2img(**{**BASE, "seed": 43}, enable_hr=True, hr_upscaler=upscaler)
     assert batch.seeds == [42, 43]
-    assert torch.allclose(batch.latents[1], single.latents[0], atol=1e-4)
+    assert torch.equal(batch.latents[1], single.latents[0])
+    assert np.array_equal(np.asarray(batch.images[1]), np.asarray(single.images[0]))
 
 
 def test_hires_fix_on_an_earlier_result_equals_hires_in_one_go(jobs):

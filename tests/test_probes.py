@@ -29,11 +29,13 @@ def test_exact_modules_and_steps_and_cond_uncond_rows(session):
     assert set(probe.activations) == {"mid_block.attentions.0", "up_blocks.1.attentions.1"}
     for per_step in probe.activations.values():
         assert set(per_step) == {1, 3}
-    assert len(raw) == 4  # Euler: one UNet call per step, batch = [cond x2, uncond x2]
+    assert len(raw) == 8  # Euler: one model call per step, one UNet forward [cond, uncond] per image
     for step in (1, 3):
         got = probe.activations["mid_block.attentions.0"][step]
+        first, second = raw[2 * step], raw[2 * step + 1]
         assert got["cond"].device.type == "cpu" and got["cond"].shape[0] == 2
-        assert torch.equal(got["cond"], raw[step][:2]) and torch.equal(got["uncond"], raw[step][2:])
+        assert torch.equal(got["cond"], torch.stack([first[0], second[0]]))
+        assert torch.equal(got["uncond"], torch.stack([first[1], second[1]]))
     assert _no_hooks_left(unet) and session.hooks == []
 
     rows = probe.summary()

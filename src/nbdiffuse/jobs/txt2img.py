@@ -148,14 +148,18 @@ def apply_styled(p: GenerationParams, styles: Mapping[str, Style]) -> tuple[str,
 
 @torch.no_grad()
 def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image.Image]:
-    """VAE-decode latents to PIL images; a NaN decode in half precision is redone in float32 (and kept so)."""
+    """VAE-decode latents to PIL images; a NaN decode in half precision is redone in float32 (and kept so).
+
+    One image at a time, as A1111 does (``decode_latent_batch``): a batched convolution rounds differently from a
+    single one, and image i of a batch must equal, pixel for pixel, the image made alone from its infotext.
+    """
     vae = bundle.vae
     scale = float(getattr(vae.config, "scaling_factor", 0.18215))
     shift = getattr(vae.config, "shift_factor", None) or 0.0
 
     def run() -> torch.Tensor:
         z = (latents / scale + shift).to(device=vae.device, dtype=vae.dtype)
-        return vae.decode(z, return_dict=False)[0].float()
+        return torch.cat([vae.decode(z[i:i + 1], return_dict=False)[0].float() for i in range(len(z))])
 
     pixels = run()
     if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
@@ -183,14 +187,16 @@ def encode(bundle, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor
 
     Uses the mean of the VAE's latent distribution. A1111 (``get_first_stage_encoding``) draws a *sample* from it
     with the global, unseeded RNG, so its img2img is not exactly reproducible; SD's VAE posterior is so narrow
-    (std ~1e-3 of the latent's) that the mean is the same image, and it is deterministic.
+    (std ~1e-3 of the latent's) that the mean is the same image, and it is deterministic. One image at a time, as
+    A1111's ``images_tensor_to_samples`` does, so an image's latents do not depend on the batch it came in.
     """
     vae = bundle.vae
     scale = float(getattr(vae.config, "scaling_factor", 0.18215))
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     pixels = images if isinstance(images, torch.Tensor) else images_to_tensor(images)
-    dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
-    return ((dist.mean.float() - shift) * scale).to(bundle.device)
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    mean = torch.cat([vae.encode(pixels[i:i + 1], return_dict=False)[0].mean for i in range(len(pixels))])
+    return ((mean.float() - shift) * scale).to(bundle.device)
 
 
 @dataclass

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from typing import NamedTuple
+
 import torch
 
 from .base import append_dims
 from .schedules import sigma_to_t
+
+
+class UNetRows(NamedTuple):
+    """The rows ``start:stop`` of a model call's ``total`` rows that one UNet forward computes."""
+
+    start: int
+    stop: int
+    total: int
+
+
+_rows: ContextVar[UNetRows | None] = ContextVar("unet_rows", default=None)
+
+
+def unet_rows() -> UNetRows | None:
+    """Inside a UNet forward run by :class:`Denoiser`: which rows of the model call it computes (``None``
+    elsewhere). Probes use it to put the per-image forwards of one model call back together."""
+    return _rows.get()
 
 
 class Denoiser:
@@ -43,17 +63,31 @@ class Denoiser:
         return sigma_to_t(sigma.detach().float().cpu(), self.sigmas).to(sigma.device)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
-                 added_cond: dict | None = None) -> torch.Tensor:
+                 added_cond: dict | None = None, *, rows_per_call: int | None = None) -> torch.Tensor:
+        """``x0`` for every row; ``rows_per_call`` runs the UNet on that many rows at a time (one model call all
+        the same): the guidance passes one image's cond and uncond rows, so that every image is computed exactly
+        as it would be alone."""
         sigma = sigma.to(device=x.device, dtype=torch.float32)
         s = append_dims(sigma, x.ndim)
         c_in = 1 / (s**2 + 1) ** 0.5
         dtype = self.dtype
-        t = self.timestep(sigma)
-        kwargs = {}
-        if added_cond is not None:
-            kwargs["added_cond_kwargs"] = {k: v.to(device=x.device, dtype=dtype) for k, v in added_cond.items()}
-        out = self.unet((x * c_in).to(dtype), t, encoder_hidden_states=context.to(device=x.device, dtype=dtype),
-                        return_dict=False, **kwargs)[0].float()
+        t = self.timestep(sigma).reshape(-1).expand(len(x))
+        x_in = (x * c_in).to(dtype)
+        context = context.to(device=x.device, dtype=dtype)
+        added = {k: v.to(device=x.device, dtype=dtype) for k, v in added_cond.items()} if added_cond else None
+        rows = rows_per_call or len(x)
+        outs = []
+        for i in range(0, len(x), rows):
+            kwargs = {}
+            if added is not None:
+                kwargs["added_cond_kwargs"] = {k: v[i:i + rows] for k, v in added.items()}
+            token = _rows.set(UNetRows(i, min(i + rows, len(x)), len(x)))
+            try:
+                outs.append(self.unet(x_in[i:i + rows], t[i:i + rows], encoder_hidden_states=context[i:i + rows],
+                                      return_dict=False, **kwargs)[0])
+            finally:
+                _rows.reset(token)
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
         self.calls += 1
         if self.prediction_type == "epsilon":
             return x - out * s

@@ -73,14 +73,17 @@ class CFGDenoiser:
         tokens = max(c.tokens for c in entries)
         contexts = [pad_context(c.context, tokens, self.empty) for c in entries]
         n, b = len(entries), x.shape[0]
-        x_in = x.repeat(n, 1, 1, 1)
-        sigma_in = sigma.repeat(n)
-        context = torch.stack(contexts).repeat_interleave(b, dim=0)
+        # image-major rows (image 0's n entries, then image 1's, ...), run n rows per UNet call: image i of a batch
+        # then gets exactly the computation it gets alone (a batched call rounds differently from a single one)
+        x_in = x.repeat_interleave(n, dim=0)
+        sigma_in = sigma.reshape(-1).expand(b).repeat_interleave(n)
+        context = torch.stack(contexts).repeat(b, 1, 1)
         added = None
         if entries[0].pooled is not None:
-            pooled = torch.stack([c.pooled for c in entries]).repeat_interleave(b, dim=0)
+            pooled = torch.stack([c.pooled for c in entries]).repeat(b, 1)
             added = {"text_embeds": pooled, "time_ids": self.time_ids.reshape(1, -1).repeat(n * b, 1)}
-        out = self.denoiser(x_in, sigma_in, context, added).chunk(n)
+        out = self.denoiser(x_in, sigma_in, context, added, rows_per_call=n)
+        out = out.reshape(b, n, *out.shape[1:]).unbind(1)
         self.step += 1
         if self.skip_uncond:
             self.last_cond, self.last_uncond = out[0], None
