@@ -231,27 +231,105 @@ def test_parse_lora_hashes_quoted_with_other_keys():
     assert parsed["Version"] == "v1.10.1"
 
 
+def test_negative_prompt_drops_leading_blank_lines_only():
+    # A1111 adds a newline only once the negative prompt has text (A1111 1.10's output, infotext_parse.json edge 5).
+    parsed = it.parse("p\nNegative prompt:\n\nugly\n\nblurry\nSteps: 20, Sampler: Euler, CFG scale: 7")
+    assert parsed["Negative prompt"] == "ugly\n\nblurry"
+    assert it.parse("p\nNegative prompt:   \n  \nSteps: 20, Sampler: Euler, CFG scale: 7")["Negative prompt"] == ""
+
+
+def test_hypernet_is_appended_to_the_prompt():
+    text = "girl\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Hypernet: anime_3"
+    assert it.parse(text)["Prompt"] == "girl<hypernet:anime_3:1.0>"
+    assert it.parse(text + ", Hypernet strength: 0.55")["Prompt"] == "girl<hypernet:anime_3:0.55>"
+    assert it.to_params(text)["prompt"] == "girl<hypernet:anime_3:1.0>"
+
+
+def test_first_pass_size_becomes_a_two_pass_job():
+    # A1111's wiki ("Seed breaking changes", 2023-01-04): "Size: 1024x1280, First pass size: 0x0" is now
+    # "Size: 512x576" with a second pass to 1024x1280; an explicit first pass is used as given.
+    text = "a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 1024x1280, Denoising strength: 0.6, "
+    parsed = it.parse(text + "First pass size: 0x0")
+    assert (parsed["Size-1"], parsed["Size-2"], parsed["Size"]) == (512, 576, "512x576")
+    assert (parsed["Hires resize-1"], parsed["Hires resize-2"], parsed["Hires resize"]) == (1024, 1280, "1024x1280")
+    params = it.to_params(text + "First pass size: 0x0")
+    assert (params["width"], params["height"], params["enable_hr"]) == (512, 576, True)
+    assert (params["hr_resize_x"], params["hr_resize_y"], params["denoising_strength"]) == (1024, 1280, 0.6)
+    params = it.to_params(text + "First pass size: 640x512")
+    assert (params["width"], params["height"], params["hr_resize_x"], params["hr_resize_y"]) == (640, 512, 1024, 1280)
+    assert "enable_hr" not in it.to_params(it.parse(text, defaults=True))  # Hires resize 0x0 is "no resize"
+
+
+def test_hires_prompt_equal_to_prompt_reads_as_empty():
+    text = ("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Hires upscale: 2, Hires prompt: a cat, "
+            "Version: {}")
+    assert it.parse(text.format("v1.9.0"))["Hires prompt"] == ""
+    assert it.parse(text.format("v1.9.0"))["Hires negative prompt"] == ""
+    assert it.parse(text.format("v1.8.0-RC"))["Hires prompt"] == "a cat"  # before 1.8.0-139 A1111 keeps it
+
+
+def test_version_compatibility_keys():
+    parsed = it.parse("[cat:dog:5]\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1, Version: v1.5.2")
+    assert parsed["Old prompt editing timelines"] is True and parsed["Pad conds v0"] is True
+    assert parsed["Downcast alphas_cumprod"] is True
+    parsed = it.parse("cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Version: v1.10.1")
+    assert not {"Old prompt editing timelines", "Pad conds v0", "Downcast alphas_cumprod"} & set(parsed)
+    # Forge's version string is not a version A1111 can read: no compatibility keys.
+    assert "Downcast alphas_cumprod" not in it.parse(
+        "cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Version: f2.0.1v1.10.1-previous-665-gae278f79")
+
+
+def test_defaults_are_a1111s_assumptions_for_missing_keys():
+    text = "a (cat)\nSteps: 20, Sampler: DPM++ 2M, CFG scale: 7, Seed: 1, Size: 512x512"
+    plain, full = it.parse(text), it.parse(text, defaults=True)
+    assert "RNG" not in plain and full["RNG"] == "GPU"
+    assert full["Clip skip"] == "1" and full["Schedule type"] == "Automatic" and full["Emphasis"] == "Original"
+    assert "Size" in plain and "Size" not in full  # A1111 keeps only Size-1 / Size-2
+    assert it.to_params(plain) == it.to_params(text)
+
+
+def test_crlf_reads_like_lf():
+    text = ("cat, \n dog \nNegative prompt: ugly \n blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, "
+            'Seed: 1, Size: 512x768, Lora hashes: "a: 1, b: 2"\n')
+    assert it.parse(text.replace("\n", "\r\n")) == it.parse(text)
+    assert it.parse(text)["Prompt"] == "cat,\ndog" and it.parse(text)["Negative prompt"] == "ugly\nblurry"
+
+
+def test_schedule_glued_to_the_sampler_wins_over_schedule_type():
+    # A1111's paste (sd_samplers.get_sampler_and_scheduler) takes the schedule from the name when it has one.
+    p = it.to_params("p\nSteps: 20, Sampler: DPM++ 2M SDE Karras, Schedule type: Automatic, CFG scale: 7")
+    assert (p["sampler_name"], p["scheduler"]) == ("DPM++ 2M SDE", "Karras")
+    p = it.to_params("p\nSteps: 20, Sampler: DPM++ 2M Karras, Schedule type: Exponential, CFG scale: 7")
+    assert (p["sampler_name"], p["scheduler"]) == ("DPM++ 2M", "Automatic")
+
+
 # ------------------------------------------------------------------------------------ fuzz
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text())
 def test_parse_never_raises(text):
     parsed = it.parse(text)
     assert isinstance(parsed["Prompt"], str) and isinstance(parsed["Negative prompt"], str)
-    assert all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items())
+    # Text values are str; the pre-1.0 hires sizes are ints and version compatibility flags bools, as in A1111.
+    assert all(isinstance(k, str) and isinstance(v, str | int) for k, v in parsed.items())
+    assert set(parsed.items()) <= set(it.parse(text, defaults=True).items()) | {
+        (k, v) for k, v in parsed.items() if f"{k}-1" in parsed}
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from('abc :,"\\\n-=()[]{}x0123456789'), max_size=80))
 def test_parse_never_raises_on_infotext_like_text(text):
-    it.parse(text)
-    it.parse("p\nSteps: 1, Seed: 2, " + text)
+    for defaults in (False, True):
+        it.parse(text, defaults=defaults)
+        it.parse("p\nSteps: 1, Seed: 2, " + text, defaults=defaults)
+        it.parse("p\nSteps: 1, First pass size: 0x0, Version: " + text, defaults=defaults)
 
 
 _printable = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"))
 _line = st.text(_printable, min_size=1, max_size=30).map(str.strip).filter(
     lambda s: s and not s.startswith("Negative prompt:"))
-_key = st.from_regex(r"[A-Za-z][A-Za-z0-9 \-/]{0,14}[A-Za-z]", fullmatch=True).filter(
-    lambda k: k not in ("Prompt", "Negative prompt"))
+# Keys whose values A1111's parse rewrites (prompts, hypernet, pre-1.0 hires, hires prompts) are tested on their own.
+_REWRITTEN = ("Prompt", "Negative prompt", "Hypernet", "First pass size", "Hires prompt", "Hires negative prompt")
+_key = st.from_regex(r"[A-Za-z][A-Za-z0-9 \-/]{0,14}[A-Za-z]", fullmatch=True).filter(lambda k: k not in _REWRITTEN)
 _value = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=30),
     st.integers(),
@@ -313,6 +391,7 @@ def test_to_params_all_fields(registry):
         "Extra noise": 0.05, "Lora hashes": "x: 1, y: 2",
     }))
     p = it.to_params(text)
+    assert p.pop("randn_source", "GPU") == "GPU"  # no RNG key: A1111's default (issue 14, part 6)
     assert p == {
         "prompt": "a cat", "negative_prompt": "a dog", "steps": 25, "sampler_name": "Euler",
         "scheduler": "Simple", "cfg_scale": 6.5, "seed": 42, "width": 640, "height": 448, "subseed": 7,
@@ -332,7 +411,9 @@ def test_to_params_styles_and_dicts():
     from nbdiffuse.prompts.parser import Style
 
     # Without the styles database the (already styled) prompt is kept and the names are dropped ...
-    assert it.to_params({"Styles array": ["a"], "Size": "64x32"}) == {"width": 64, "height": 32}
+    params = it.to_params({"Styles array": ["a"], "Size": "64x32"})
+    assert params.pop("randn_source", "GPU") == "GPU"
+    assert params == {"width": 64, "height": 32}
     # ... with it, the styles are taken back out of the prompts, as A1111's paste does.
     db = {"a": Style("a", "{prompt}, oil painting", "blurry"), "b": Style("b", "dark")}
     text = 'a cat, oil painting, dark\nNegative prompt: blurry\nSteps: 1, Seed: 2, Styles array: "[\\"a\\", \\"b\\"]"'

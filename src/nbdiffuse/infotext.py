@@ -82,8 +82,10 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 
 
 def _sampler_and_scheduler(name: str, schedule: Any) -> tuple[str, str]:
-    """``("DPM++ 2M Karras", None)`` -> ``("DPM++ 2M", "Automatic")`` (Karras is its default);
-    an explicit schedule type wins; unknown samplers are kept as given."""
+    """``("DPM++ 2M Karras", None)`` -> ``("DPM++ 2M", "Automatic")`` (Karras is its default).
+
+    As in A1111's paste (``get_sampler_and_scheduler``) a schedule glued to the name wins over ``Schedule type``
+    (A1111's parse reports a missing one as "Automatic"); unknown samplers are kept as given."""
     from .sampling.registry import SAMPLERS, resolve_sampler
 
     explicit = str(schedule).strip() if schedule not in (None, "") else None
@@ -91,11 +93,9 @@ def _sampler_and_scheduler(name: str, schedule: Any) -> tuple[str, str]:
         sampler, glued = resolve_sampler(name)
     except ValueError:
         return name, explicit or "Automatic"
-    if explicit is not None:
-        return sampler, explicit
-    if glued is None or glued == SAMPLERS[sampler].default_scheduler:
-        return sampler, "Automatic"
-    return sampler, glued
+    if glued is None:
+        return sampler, explicit or "Automatic"
+    return sampler, "Automatic" if glued == SAMPLERS[sampler].default_scheduler else glued
 
 
 def to_params(text_or_dict: str | Mapping[str, Any], styles: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -105,6 +105,11 @@ def to_params(text_or_dict: str | Mapping[str, Any], styles: Mapping[str, Any] |
     ``enable_hr`` with hires keys). Values are converted to int/float/bool/list; keys the API has no
     field for (Model, Model hash, Version, Lora hashes, ...) are left out.
     Raises ``ValueError`` for a value that cannot be converted (``Steps: many``).
+
+    The values are A1111's reading of the text (:func:`parse`): a pre-1.0 ``First pass size`` gives the first
+    pass as ``width``/``height`` and the old ``Size`` as ``hr_resize_x``/``hr_resize_y`` with ``enable_hr``;
+    a ``Hypernet`` is in the prompt as ``<hypernet:name:strength>``. The compatibility keys an old ``Version``
+    implies (``Downcast alphas_cumprod``, ``Old prompt editing timelines``, ``Pad conds v0``) have no field.
 
     The prompt in an infotext already has its styles applied. With ``styles`` (a name -> Style mapping,
     e.g. ``session.styles``) the styles named in ``Styles array`` are taken back out of the prompts, as A1111's
@@ -142,7 +147,9 @@ def to_params(text_or_dict: str | Mapping[str, Any], styles: Mapping[str, Any] |
     elif hr_schedule and str(hr_schedule).strip() != "Use same scheduler":
         params["hr_scheduler"] = str(hr_schedule).strip()
 
-    if "hr_scale" in params or "hr_resize_x" in params or "hr_resize_y" in params:
+    # Pre-1.0 "First pass size" infotexts arrive here as Size = first pass, Hires resize = final size (see parse).
+    # A resize of 0x0 is A1111's "no resize" default (parse(..., defaults=True)), not a second pass.
+    if "hr_scale" in params or params.get("hr_resize_x") or params.get("hr_resize_y"):
         params["enable_hr"] = True
     named = params.pop("styles", None)
     if named and styles is not None:

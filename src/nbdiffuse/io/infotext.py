@@ -13,11 +13,12 @@ Pure string and PNG helpers (no torch, nothing else from nbdiffuse). The layout 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CORE_ORDER", "build_fields", "format", "format_value", "parse", "png_info", "read_png"]
+__all__ = ["A1111_DEFAULTS", "CORE_ORDER", "build_fields", "format", "format_value", "parse", "png_info", "read_png"]
 
 # A1111's key order for the fields it always knows about (processing.create_infotext). Keys that are
 # not core (Hires ..., Lora hashes, Schedule type when it is not in core, ...) follow in insertion order,
@@ -123,32 +124,90 @@ def _unquote(value: str) -> str:
     return value
 
 
-def parse(text: str) -> dict[str, str]:
-    """Read an infotext like A1111's ``parse_generation_parameters`` (without its defaults or styles).
+# What A1111's parse assumes for keys the text lacks, in the order it adds them (``parse(text, defaults=True)``).
+# "Hires resize-1"/"-2" (0 = use the scale) are added before the pre-1.0 hires move, the rest after it.
+_DEFAULTS_BEFORE_HIRES_MOVE: dict[str, Any] = {
+    "Hires resize-1": 0, "Hires resize-2": 0, "Hires sampler": "Use same sampler",
+    "Hires schedule type": "Use same scheduler", "Hires checkpoint": "Use same checkpoint", "Hires prompt": "",
+    "Hires negative prompt": "", "Mask mode": "Inpaint masked", "Masked content": "original",
+    "Inpaint area": "Whole picture", "Masked area padding": 32,
+}
+_DEFAULTS_AFTER_HIRES_MOVE: dict[str, Any] = {
+    "RNG": "GPU", "Schedule type": "Automatic", "Schedule max sigma": 0, "Schedule min sigma": 0, "Schedule rho": 0,
+    "VAE Encoder": "Full", "VAE Decoder": "Full", "FP8 weight": "Disable",
+}
+A1111_DEFAULTS: dict[str, Any] = {
+    "Clip skip": "1", **_DEFAULTS_BEFORE_HIRES_MOVE, **_DEFAULTS_AFTER_HIRES_MOVE,
+    "Refiner switch by sampling steps": False,
+}
+"""Values A1111's ``parse_generation_parameters`` fills in for missing keys (besides ``Emphasis: Original`` when
+the prompts use weights, and ``Cache FP16 weight for LoRA: False`` when FP8 is on)."""
+_RE_VERSION_HEAD = re.compile(r"([^-]+-[^-]+)-.*")
+
+
+def _version(text: Any):
+    """A1111's reading of ``Version`` (``v1.7.0-133-gde03882d`` -> 1.7.0.post133), or None."""
+    if not isinstance(text, str):
+        return None
+    from packaging import version  # a dependency of transformers
+
+    m = _RE_VERSION_HEAD.match(text)
+    try:
+        return version.parse(m.group(1) if m else text)
+    except version.InvalidVersion:
+        return None
+
+
+def _first_pass_size(width: int, height: int) -> tuple[int, int]:
+    """The first pass old hires fix chose for "First pass size: 0x0": about 512x512 pixels, multiples of 64."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+
+
+def parse(text: str, *, defaults: bool = False) -> dict[str, Any]:
+    """Read an infotext exactly as A1111's ``parse_generation_parameters`` does (1.10, default settings).
 
     Returns ``Prompt``, ``Negative prompt`` and every ``Key: value`` of the parameter line, as strings.
     The last line is the parameter line only if it holds at least 3 pairs; otherwise it belongs to the
-    prompt. Everything from a line starting with ``Negative prompt:`` on is the negative prompt.
-    Quoted values are JSON-decoded. A ``WxH`` value also gives ``Key-1`` (W) and ``Key-2`` (H); unlike
-    A1111 the ``Key`` itself is kept too. Empty values are dropped, as A1111 does. Never raises on a str.
+    prompt. Everything from a line starting with ``Negative prompt:`` on is the negative prompt (blank
+    lines before its first text are dropped). Quoted values are JSON-decoded; empty values are dropped.
+    A ``WxH`` value gives ``Key-1`` (W) and ``Key-2`` (H). Like A1111 it then:
+
+    - appends ``<hypernet:NAME:STRENGTH>`` to the prompt for ``Hypernet`` (strength ``1.0`` if not given);
+    - turns a pre-1.0 ``First pass size`` into the generation size (``Size-1``/``-2``, now ints; ``0x0`` is
+      computed as old hires fix did) and moves the old ``Size`` to ``Hires resize-1``/``-2``;
+    - reports a ``Hires prompt``/``Hires negative prompt`` equal to the first pass's as ``""``;
+    - adds the compatibility keys ``Version`` implies (``Downcast alphas_cumprod`` before 1.7.0-225, ...).
+
+    Beyond A1111, a ``WxH`` value is also kept whole under its key (``"Size": "512x768"``; after the hires
+    move ``Size`` and ``Hires resize`` describe the moved values). With ``defaults=True`` the result is
+    exactly A1111's dict instead, key for key and in its order: no whole ``WxH`` keys, and A1111's values
+    for missing keys (:data:`A1111_DEFAULTS`, ``Emphasis``). Never raises on a str.
+
+    >>> parse("a cat\\nSteps: 20, Sampler: Euler a, CFG scale: 7, Size: 512x768")["Size-2"]
+    '768'
     """
-    res: dict[str, str] = {}
+    res: dict[str, Any] = {}
     *lines, lastline = str(text).strip().split("\n")
     # Each pair needs a ":"; the count check also spares the regex's quadratic scan of long prompts.
     if lastline.count(":") < 3 or len(_RE_PARAM.findall(lastline)) < 3:
         lines.append(lastline)
         lastline = ""
 
-    prompt: list[str] = []
-    negative: list[str] = []
+    prompt = negative = ""
     done_with_prompt = False
     for line in lines:
         line = line.strip()
         if line.startswith(_NEGATIVE):
             done_with_prompt = True
             line = line[len(_NEGATIVE):].strip()
-        (negative if done_with_prompt else prompt).append(line)
+        # A newline is added only once there is text: leading blank lines vanish, later ones stay.
+        if done_with_prompt:
+            negative += ("\n" if negative else "") + line
+        else:
+            prompt += ("\n" if prompt else "") + line
 
+    whole: set[str] = set()  # keys holding our whole "WxH" value (A1111 keeps only Key-1 / Key-2)
     for key, value in _RE_PARAM.findall(lastline):
         if not value:
             continue  # A1111 fails on v[0] and skips the pair
@@ -157,11 +216,87 @@ def parse(text: str) -> dict[str, str]:
         if m is not None:
             res[f"{key}-1"] = m.group(1)
             res[f"{key}-2"] = m.group(2)
-        res[key] = value
+            if key in whole or key not in res:
+                res[key] = value
+                whole.add(key)
+        else:
+            if key in whole:  # A1111 inserts the key here, not where our whole value was
+                del res[key]
+                whole.discard(key)
+            res[key] = value
 
-    res["Prompt"] = "\n".join(prompt)
-    res["Negative prompt"] = "\n".join(negative)
+    # A1111 compares hires prompts with the first pass's after taking styles out (none here: no style database).
+    if "Hires prompt" in res or "Hires negative prompt" in res:
+        ver = _version(res.get("Version"))
+        if ver is None or ver > _version("1.8.0-139"):
+            hr_prompt, hr_negative = res.get("Hires prompt", prompt), res.get("Hires negative prompt", negative)
+            res["Hires prompt"] = "" if hr_prompt == prompt else hr_prompt
+            res["Hires negative prompt"] = "" if hr_negative == negative else hr_negative
+
+    res["Prompt"] = prompt
+    res["Negative prompt"] = negative
+    if defaults:
+        res.setdefault("Clip skip", "1")
+    if "Hypernet" in res:
+        res["Prompt"] += f"<hypernet:{res['Hypernet']}:{res.get('Hypernet strength', '1.0')}>"
+    if defaults:
+        if "Hires resize-1" not in res:
+            res["Hires resize-1"] = res["Hires resize-2"] = 0
+        for key, value in _DEFAULTS_BEFORE_HIRES_MOVE.items():
+            res.setdefault(key, value)
+    _restore_old_hires_fix(res, whole)
+    if defaults:
+        for key, value in _DEFAULTS_AFTER_HIRES_MOVE.items():
+            res.setdefault(key, value)
+        if "Cache FP16 weight for LoRA" not in res and res["FP8 weight"] != "Disable":
+            res["Cache FP16 weight for LoRA"] = False
+        if "Emphasis" not in res and _uses_emphasis(prompt, negative):
+            res["Emphasis"] = "Original"
+        res.setdefault("Refiner switch by sampling steps", False)
+    _backcompat(res)
+    if defaults:
+        for key in whole:
+            del res[key]
     return res
+
+
+def _restore_old_hires_fix(res: dict[str, Any], whole: set[str]) -> None:
+    """Pre-1.0 hires fix: ``Size`` was the final size and ``First pass size`` the generation size."""
+    first_w, first_h = res.get("First pass size-1"), res.get("First pass size-2")
+    if first_w is None or first_h is None:
+        return
+    first_w, first_h = int(first_w), int(first_h)
+    width, height = int(res.get("Size-1", 512)), int(res.get("Size-2", 512))
+    if first_w == 0 or first_h == 0:
+        first_w, first_h = _first_pass_size(width, height)
+    res["Size-1"], res["Size-2"] = first_w, first_h
+    res["Hires resize-1"], res["Hires resize-2"] = width, height
+    for key, (w, h) in (("Size", (first_w, first_h)), ("Hires resize", (width, height))):
+        if key in whole or key not in res:
+            res[key] = f"{w}x{h}"
+            whole.add(key)
+
+
+def _uses_emphasis(prompt: str, negative: str) -> bool:
+    from ..prompts.parser import BREAK, parse_attention
+
+    runs = parse_attention(prompt) + parse_attention(negative)
+    return any(weight != 1.0 and text != BREAK for text, weight in runs)
+
+
+def _backcompat(res: dict[str, Any]) -> None:
+    """The compatibility settings A1111 switches on for infotexts from older versions (infotext_versions)."""
+    ver = _version(res.get("Version"))
+    if ver is None:
+        return
+    if ver < _version("1.6.0") and "[" in res.get("Prompt", ""):
+        res["Old prompt editing timelines"] = True
+    if ver < _version("1.6.0") and res.get("Sampler", "") in ("DDIM", "PLMS"):
+        res["Pad conds v0"] = True
+    if ver < _version("v1.7.0-225"):
+        res["Downcast alphas_cumprod"] = True
+    if ver < _version("1.8.0") and res.get("Refiner"):
+        res["Refiner switch by sampling steps"] = True
 
 
 # --------------------------------------------------------------------------------------------- images
