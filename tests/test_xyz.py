@@ -167,3 +167,33 @@ def test_huge_ranges_are_counted_before_they_are_expanded():
 def test_a_malformed_axis_gets_a_message_not_an_unpacking_error(spec):
     with pytest.raises(ValueError, match=r"An axis (is a pair|type is a name)"):
         plan_xyz(spec, None, **BASE)
+
+
+def test_time_estimate_counts_each_cells_calls_sizes_and_hires():
+    from nbdiffuse.jobs.xyz import estimate_seconds
+
+    cell = dict(prompt="a", steps=10, width=64, height=64, sampler_name="Euler")
+    low, mid, high = estimate_seconds([cell], [1e-6, 3e-6, 2e-6], 0.0)
+    assert (low, mid, high) == pytest.approx((10 * 4096e-6, 10 * 4096 * 2e-6, 10 * 4096 * 3e-6))
+    second_order = estimate_seconds([{**cell, "sampler_name": "Heun"}], [1e-6], 0.0)[1]
+    assert second_order == pytest.approx(2 * 10 * 4096e-6)
+    hires = estimate_seconds([{**cell, "enable_hr": True, "hr_scale": 2.0, "hr_second_pass_steps": 5}], [1e-6], 1e-7)
+    assert hires[1] == pytest.approx(10 * 4096e-6 + 5 * 4 * 4096e-6 + 4 * 4096e-7)  # decode at the hires size
+    batch = estimate_seconds([{**cell, "batch_size": 2, "n_iter": 3}], [1e-6], 0.0)[1]
+    assert batch == pytest.approx(6 * 10 * 4096e-6)
+
+
+def test_time_estimate_leaves_out_the_warm_up_step_and_gives_a_range(session):
+    import time
+
+    def slow_first_step(state):  # a first step 3 s slower than the rest, as a cold GPU or a busy machine gives
+        if state.i == 0:
+            time.sleep(3.0)
+
+    session.hooks.append(slow_first_step)
+    plan = session.plan_xyz(("Seed", "1"), None, **{**BASE, "steps": 3, "sampler_name": "Euler"})
+    low, high = plan.seconds_range
+    assert low <= plan.seconds_estimate <= high
+    # timing the whole probe (the old way) says at least 3 steps x (3 s / 2 calls) = 4.5 s
+    assert plan.seconds_estimate < 3.0
+    assert "estimated time about" in plan._repr_html_()

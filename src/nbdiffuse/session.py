@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import gc
 from collections.abc import Callable, Iterator, Sequence
@@ -108,6 +109,7 @@ class Session:
         self.last_result: Result | None = None
         self._control = JobControl()
         self._lock = JobLock()
+        self._call_costs: collections.deque[float] = collections.deque(maxlen=20)  # s per model call per pixel
         self._loras = {}  # (path, mtime) -> LoRA read from disk
 
     # models -----------------------------------------------------------------------------------------------
@@ -341,6 +343,9 @@ class Session:
             if bar is not None:
                 bar.close()
         self.last_result = result
+        p, calls = result.params, result.timings.get("model_calls", 0)
+        if calls and not p.enable_hr and result.timings.get("sample_s"):
+            self._call_costs.append(result.timings["sample_s"] / calls / (p.width * p.height * p.batch_size))
         return result
 
     def _params(self, params: dict) -> GenerationParams:
@@ -507,7 +512,8 @@ class Session:
         plan = plan_xyz(x, y, z, limit_mp=limit_mp, checkpoints=names.get("checkpoints"),
                         vaes=names.get("vae"), **params)
         if estimate and self.model is not None:
-            plan.seconds_estimate = self._estimate_seconds(plan)
+            low, plan.seconds_estimate, high = self._estimate_seconds(plan)
+            plan.seconds_range = (low, high)
         return plan
 
     def xyz(self, x=None, y=None, z=None, *, limit_mp: float | None = 200.0, save_grid: bool = True,
@@ -534,31 +540,33 @@ class Session:
             return {}
         return {kind: [getattr(m, "name", str(m)) for m in entries] for kind, entries in dict(listing).items()}
 
-    def _estimate_seconds(self, plan) -> float:
-        """Time one short generation at the first cell's size and scale it to every cell's model calls."""
+    def _estimate_seconds(self, plan) -> tuple[float, float, float]:
+        """``(low, typical, high)`` seconds for the plan's cells, from a short timed run at the first cell's size.
+
+        The probe runs 5 Euler steps and times each step apart: the first (warm-up: allocations, kernel selection)
+        is left out, the other four give the spread; model calls timed in this session's earlier jobs join them.
+        """
         import time
 
-        from .sampling.registry import SAMPLERS
+        from .jobs.xyz import estimate_seconds
 
         first = {k: v for k, v in next(iter(plan.cells.values())).items() if k != "_load"}
-        probe = {**first, "steps": 2, "n_iter": 1, "enable_hr": False}
+        probe = {**first, "steps": 5, "n_iter": 1, "enable_hr": False, "sampler_name": "Euler"}
+        stamps: list[float] = []
         saved, self.outputs_dir = self.outputs_dir, None
         progress, self.progress = self.progress, False
         try:
             t = time.perf_counter()
-            r = self.txt2img(**probe)
+            r = self.txt2img(hooks=[lambda state: stamps.append(time.perf_counter())], **probe)
             elapsed = time.perf_counter() - t
         finally:
             self.outputs_dir, self.progress = saved, progress
-        per_call = r.timings["sample_s"] / max(r.timings["model_calls"], 1)
-        fixed = max(elapsed - r.timings["sample_s"], 0.0)
-        pixels = probe.get("width", 512) * probe.get("height", 512)
-        total = 0.0
-        for cell in plan.cells.values():
-            p = GenerationParams.from_kwargs(**{k: v for k, v in cell.items() if k != "_load"})
-            calls = p.steps * (2 if SAMPLERS[p.sampler_name].second_order else 1)
-            total += (calls * per_call * p.width * p.height / pixels + fixed) * p.n_iter
-        return total
+        p = r.params
+        pixel_images = p.width * p.height * p.batch_size
+        costs = [(b - a) / pixel_images for a, b in zip(stamps[1:], stamps[2:])]
+        costs += list(self._call_costs)
+        fixed = max(elapsed - r.timings["sample_s"], 0.0) / pixel_images
+        return estimate_seconds(plan.cells.values(), costs, fixed)
 
     def __repr__(self) -> str:
         model = self.model.name if self.model is not None else "no model"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io.grid import draw_grid, grid_layout
-from ..sampling.noise import MAX_SEED
+from ..sampling.noise import MAX_SEED, resolve_randn_source
 from ..sampling.registry import SAMPLERS, resolve_sampler, suggest
 from ..sampling.schedules import resolve_schedule
 from .params import GenerationParams
@@ -133,7 +133,7 @@ class Axis:
     """One A1111 axis type: how its value strings parse and which parameters a value sets."""
 
     name: str
-    kind: str  # "int", "float", "str", "sampler", "schedule", "order", "size", "model", "vae"
+    kind: str  # "int", "float", "str", "sampler", "schedule", "rng", "order", "size", "model", "vae"
     field: str | None = None
     apply: Callable[[dict, object, Sequence], dict] | None = None
     cost: float = 0.0  # costlier axes iterate outermost (checkpoint and VAE changes reload weights)
@@ -156,6 +156,8 @@ class Axis:
             return [resolve_sampler(str(v))[0] for v in raw]
         if self.kind == "schedule":
             return [resolve_schedule(str(v)) for v in raw]
+        if self.kind == "rng":
+            return [resolve_randn_source(str(v)) for v in raw]
         if self.kind == "order":
             return list(itertools.permutations([str(v) for v in raw]))
         if self.kind == "size":
@@ -206,6 +208,7 @@ AXES: dict[str, Axis] = {a.name: a for a in [
     Axis("Hires upscaler", "str", "hr_upscaler"),
     Axis("Styles", "str", "styles"),
     Axis("Size", "size", None, _size),
+    Axis("RNG source", "rng", "randn_source"),  # A1111's values GPU, CPU, NV
 ]}
 
 
@@ -246,6 +249,7 @@ class GridPlan:
     base: dict = field(default_factory=dict)  # the parameters before any axis changed them
     font_size: int = 24
     seconds_estimate: float | None = None
+    seconds_range: tuple[float, float] | None = None  # what the measured spread of step times allows
 
     @property
     def count(self) -> int:
@@ -257,7 +261,7 @@ class GridPlan:
 
     def _repr_html_(self) -> str:
         (xa, xs), (ya, ys), (za, zs) = self.axes
-        eta = f"{self.seconds_estimate:.0f} s" if self.seconds_estimate is not None else "not measured"
+        eta = _duration(self.seconds_estimate, self.seconds_range)
         sizes = sorted(set(self.sizes.values()))
         return (f"<div><b>X/Y/Z plan</b>: {len(xs)} × {len(ys)} × {len(zs)} cells "
                 f"({xa.name} × {ya.name} × {za.name}), {self.count} images, cell sizes "
@@ -267,7 +271,49 @@ class GridPlan:
     def __repr__(self) -> str:
         (xa, xs), (ya, ys), (za, zs) = self.axes
         return (f"GridPlan({len(xs)}x{len(ys)}x{len(zs)} cells, {self.count} images, grid {self.grid_mp:.1f} MP, "
-                f"estimate {self.seconds_estimate})")
+                f"estimate {_duration(self.seconds_estimate, self.seconds_range)})")
+
+
+def _round2(seconds: float) -> str:
+    """Two significant figures: an estimate from a few timed steps is not more precise than that."""
+    return f"{float(f'{seconds:.2g}'):g}"
+
+
+def _duration(mid: float | None, spread: tuple[float, float] | None) -> str:
+    if mid is None:
+        return "not measured"
+    if spread is None or _round2(spread[0]) == _round2(spread[1]):
+        return f"about {_round2(mid)} s"
+    return f"about {_round2(mid)} s ({_round2(spread[0])}–{_round2(spread[1])} s)"
+
+
+def estimate_seconds(cells, call_costs: Sequence[float], fixed_per_pixel: float) -> tuple[float, float, float]:
+    """``(low, typical, high)`` seconds for generating ``cells`` (txt2img parameter dicts).
+
+    ``call_costs``: measured seconds of one model call per latent pixel-image (width × height × batch), warm-up
+    excluded; their min, median and max give the three figures. ``fixed_per_pixel``: seconds per pixel-image
+    outside the sampling loop (prompt encoding, VAE decode). Each cell counts its model calls (second-order
+    samplers twice per step) at its own size, and the hires pass at the hires size.
+    """
+    if not call_costs:
+        raise ValueError("estimate_seconds needs at least one measured model call")
+    costs = sorted(call_costs)
+    figures = (costs[0], costs[len(costs) // 2] if len(costs) % 2 else
+               (costs[len(costs) // 2 - 1] + costs[len(costs) // 2]) / 2, costs[-1])
+    work, fixed = 0.0, 0.0
+    for cell in cells:
+        p = GenerationParams.from_kwargs(**{k: v for k, v in cell.items() if k != "_load"})
+        images = p.batch_size * p.n_iter
+        per_step = 2 if SAMPLERS[p.sampler_name].second_order else 1
+        work += p.steps * per_step * p.width * p.height * images
+        w, h = p.width, p.height
+        if p.enable_hr:
+            w, h = p.hr_size
+            hr_spec = SAMPLERS[p.hr_sampler_used]
+            work += (p.hr_second_pass_steps or p.steps) * (2 if hr_spec.second_order else 1) * w * h * images
+        fixed += fixed_per_pixel * w * h * images
+    low, typical, high = (work * c + fixed for c in figures)
+    return low, typical, high
 
 
 def _axis_values(spec) -> tuple[Axis, list]:
@@ -472,8 +518,8 @@ def _differs(axis: Axis, value, base: dict) -> bool:
     return value != current
 
 
-__all__ = ["AXES", "Axis", "GridPlan", "GridResult", "assemble", "expand_floats", "expand_ints", "final_size",
-           "plan_xyz", "resolve_axis", "split_values", "SAMPLERS"]
+__all__ = ["AXES", "Axis", "GridPlan", "GridResult", "assemble", "estimate_seconds", "expand_floats", "expand_ints",
+           "final_size", "plan_xyz", "resolve_axis", "split_values", "SAMPLERS"]
 
 
 def run_xyz(session, plan: GridPlan, *, save_grid: bool = True, show: bool = True,
