@@ -357,6 +357,12 @@ class Session:
                 for name in self.folders.list("upscalers"):
                     register_upscaler(self.folders.find("upscalers", name))
         p = GenerationParams.from_kwargs(**params)
+        if self.model is not None and self.model.unet is not None:
+            from .jobs.guards import check_size
+
+            check_size(self.model, p.width, p.height)  # a size no interrupt could stop is refused up front
+            if p.enable_hr:
+                check_size(self.model, *p.hr_size, what="hires size")
         if self.encoder is not None:
             self.encoder.emphasis = p.emphasis
         return p

@@ -33,6 +33,7 @@ from ..sampling.guidance import CFGDenoiser
 from ..sampling.noise import BrownianNoise, ImageNoise, fix_seed, image_seeds
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import compute_sigmas
+from .guards import JobInterrupted, interruptible
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
@@ -308,6 +309,8 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
     t = time.perf_counter()
     state = None
     outcome = PassOutcome(None)
+    guard = interruptible(denoiser.unet, control.interrupt)  # an interrupt reaches inside a long UNet call
+    guard.__enter__()
     try:
         with torch.no_grad():
             state = next(gen)
@@ -329,12 +332,13 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
                 state = gen.send(replacement)
     except StopIteration as stop:
         outcome = PassOutcome(stop.value)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, JobInterrupted) as stop:
         control.interrupt.set()
-        if state is not None:
+        if state is not None and isinstance(stop, KeyboardInterrupt):
             notes.append("Interrupted by the kernel: kept the finished images and the current x0 estimate.")
         outcome = PassOutcome(state.denoised if state is not None else None, True, True)
     finally:
+        guard.__exit__(None, None, None)
         gen.close()
         timings["sample_s"] = timings.get("sample_s", 0.0) + time.perf_counter() - t
     if outcome.x is not None and not torch.isfinite(outcome.x).all():
