@@ -138,6 +138,22 @@ def test_prediction_type_from_yaml_and_v_pred_key(files, tmp_path):
     assert b.arch == "sdxl" and b.prediction_type == "v_prediction" and b.info["prediction_source"] == "v_pred key"
 
 
+def test_native_size_from_the_file(files, tmp_path):
+    # with nbdiffuse's metadata the saved sample_size comes back (the tiny models' 8 latents = 64 pixels)
+    for arch in ("sd1", "sd2", "sdxl"):
+        assert load_checkpoint(files[arch][1], hash=False).native_size == (64, 64)
+    # a bare A1111 file: the family's training size, SD2 told apart by its prediction type (as diffusers' configs)
+    sizes = {}
+    for arch, parameterization in (("sd1", None), ("sd2", "v"), ("sd2", "eps"), ("sdxl", None)):
+        bare = strip_metadata(files[arch][1], tmp_path / f"{arch}-{parameterization}.safetensors")
+        if parameterization:
+            bare.with_suffix(".yaml").write_text(f"model:\n  params:\n    parameterization: {parameterization}\n")
+        b = load_checkpoint(bare, hash=False)
+        sizes[(arch, b.prediction_type)] = b.native_size
+    assert sizes == {("sd1", "epsilon"): (512, 512), ("sd2", "v_prediction"): (768, 768),
+                     ("sd2", "epsilon"): (512, 512), ("sdxl", "epsilon"): (1024, 1024)}
+
+
 def test_distilled_sdxl_with_dropped_transformer_blocks(files, tmp_path):
     bundle, path = files["sdxl"]
     # SSD-1B-style: drop the second transformer block from one up-side attention layer only (asymmetric UNet)

@@ -33,6 +33,12 @@ def test_loads_through_the_single_file_loader_as_sd1(toy):
     assert toy.model.path.endswith("toy.safetensors") and len(toy.model.hash) == 10
 
 
+def test_without_a_size_it_renders_at_the_size_it_was_trained_at(toy):
+    r = toy.txt2img(prompt="a red circle", steps=1, seed=1)
+    assert toy.model.native_size == (64, 64) and r.images[0].size == (64, 64)
+    assert infotext.parse(r.infotexts[0])["Size"] == "64x64"
+
+
 def test_a_prompt_about_red_yields_a_red_object(toy):
     colours = [check(toy.txt2img(**BASE, prompt="a red circle on a white background", seed=s).images[0])["colour"]
                for s in SEEDS]

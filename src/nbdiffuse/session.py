@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .jobs.lock import HeldJob, JobLock
-from .jobs.params import GenerationParams
+from .jobs.params import GenerationParams, with_native_size
 from .jobs.result import Result
 from .jobs.txt2img import Hook, JobControl, txt2img_steps
 from .models.bundle import ModelBundle
@@ -356,7 +356,7 @@ class Session:
             if params["hr_upscaler"] not in available_upscalers():
                 for name in self.folders.list("upscalers"):
                     register_upscaler(self.folders.find("upscalers", name))
-        p = GenerationParams.from_kwargs(**params)
+        p = GenerationParams.from_kwargs(**self._sized(params))
         if self.model is not None and self.model.unet is not None:
             from .jobs.guards import check_size
 
@@ -366,6 +366,10 @@ class Session:
         if self.encoder is not None:
             self.encoder.emphasis = p.emphasis
         return p
+
+    def _sized(self, params: dict) -> dict:
+        """``width``/``height`` default to the loaded model's native size (A1111's API: 512 for every model)."""
+        return with_native_size(params, self.model) if self.model is not None else params
 
     def _held(self, what: str, build: Callable[[], tuple]) -> tuple:
         """``build()`` -> ``(params, job generator)`` with the session held from before the job's set-up until the
@@ -399,7 +403,8 @@ class Session:
     def txt2img(self, *, hooks: Sequence[Hook] | None = None, preview: int | None = None, **params) -> Result:
         """Generate images from text. Parameters are A1111's API fields (``prompt``, ``steps``, ``seed``, ...);
         ``enable_hr=True`` adds the hires-fix second pass, ``tiling=True`` makes seamless textures,
-        ``preview=N`` shows a live x0 preview every N steps."""
+        ``preview=N`` shows a live x0 preview every N steps. ``width``/``height`` default to the model's native size
+        (``session.model.native_size``: 64 for the toy model, 512 SD1, 768 SD2-v, 1024 SDXL), not A1111's 512."""
         p, gen = self._txt2img_job(params, hooks, preview)
         steps = p.steps + ((p.hr_second_pass_steps or p.steps) if p.enable_hr else 0)
         return self._run(gen, steps * p.n_iter, p.sampler_name)
@@ -407,7 +412,9 @@ class Session:
     def img2img(self, init_images=None, *, hooks: Sequence[Hook] | None = None, preview: int | None = None,
                 **params) -> Result:
         """img2img from PIL images (or paths) with A1111's fields (``denoising_strength``, ``resize_mode``,
-        ``extra_noise``, ...); images are saved under ``img2img-images/``."""
+        ``extra_noise``, ...); images are saved under ``img2img-images/``. The init images are resized to
+        ``width x height`` as in A1111, and those default, as in txt2img, to the model's native size (not to the
+        init image's size: pass ``width=image.width, height=image.height`` to keep it)."""
         p, gen = self._img2img_job(init_images, params, hooks, preview)
         return self._run(gen, p.steps * p.n_iter, p.sampler_name)
 
@@ -511,12 +518,13 @@ class Session:
         """Plan an X/Y/Z grid without generating: cells, image count, final sizes, grid pixels, time estimate.
 
         Refuses (``ValueError``, before any model call) a grid over ``limit_mp`` megapixels, saying how to fix it.
+        Without ``width``/``height`` every cell is the loaded model's native size (a Checkpoint axis keeps it).
         """
         from .jobs.xyz import plan_xyz
 
         names = self._model_names()
         plan = plan_xyz(x, y, z, limit_mp=limit_mp, checkpoints=names.get("checkpoints"),
-                        vaes=names.get("vae"), **params)
+                        vaes=names.get("vae"), **self._sized(params))
         if estimate and self.model is not None:
             low, plan.seconds_estimate, high = self._estimate_seconds(plan)
             plan.seconds_range = (low, high)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..sampling.registry import SAMPLERS, resolve_sampler, suggest
@@ -45,8 +46,8 @@ class GenerationParams:
     subseed_strength: float = 0.0
     seed_resize_from_w: int = 0
     seed_resize_from_h: int = 0
-    width: int = 512
-    height: int = 512
+    width: int = 512  # A1111's API default; a Session's jobs default to the model's native size
+    height: int = 512  # (see with_native_size)
     batch_size: int = 1
     n_iter: int = 1
     eta: float | None = None
@@ -272,6 +273,23 @@ class GenerationParams:
         return out
 
 
+def with_native_size(params: Mapping, bundle) -> dict:
+    """``params`` with ``width``/``height`` set to ``bundle.native_size`` where they are missing (or None).
+
+    :class:`GenerationParams` keeps A1111's API default of 512x512 for every model; a session's jobs (txt2img,
+    img2img, loopback, X/Y/Z grids) default instead to the size the loaded model was trained at: 64 for the toy
+    model, 512 SD1 and SD2-base, 768 SD2-v, 1024 SDXL. Explicit values, as in any A1111 payload, are kept.
+
+    >>> with_native_size({"prompt": "a cat", "height": 768}, session.model)    # doctest: +SKIP
+    {'prompt': 'a cat', 'height': 768, 'width': 512}
+    """
+    out = dict(params)
+    for key, value in zip(("width", "height"), bundle.native_size):
+        if out.get(key) is None:
+            out[key] = value
+    return out
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
@@ -281,4 +299,4 @@ def _check(ok: bool, name: str, value, allowed: str) -> None:
         raise ValueError(f"{name}={value!r} is not valid: it must be {allowed}.")
 
 
-__all__ = ["GenerationParams", "SCHEDULES"]
+__all__ = ["GenerationParams", "SCHEDULES", "with_native_size"]

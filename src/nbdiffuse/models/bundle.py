@@ -43,6 +43,21 @@ class ModelBundle:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def native_size(self) -> tuple[int, int]:
+        """``(width, height)`` the model was trained at: the UNet's ``sample_size`` (its latent side) times the
+        VAE's scale factor. SD1 and SD2-base give 512, SD2-v 768, SDXL 1024, the toy model 64. A session's jobs use
+        it for ``width``/``height`` when they are not given.
+
+        >>> nbdiffuse.testing.tiny_sd1().native_size      # doctest: +SKIP
+        (64, 64)
+        """
+        size = self.unet.config.sample_size
+        if size is None:  # a config without it: A1111's fixed default
+            return 512, 512
+        h, w = (size, size) if isinstance(size, int) else size  # diffusers: an int, or (height, width)
+        return int(w) * self.vae_scale_factor, int(h) * self.vae_scale_factor
+
+    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 

@@ -872,6 +872,10 @@ def _build(plan: CheckpointPlan, *, device, dtype) -> ModelBundle:
             timings["detect"] = time.perf_counter() - t
         else:
             pred = ("epsilon", "default for " + ARCH_NAMES[plan.arch])
+    if plan.arch == "sd2" and pred[0] == "epsilon" and "sample_size" not in plan.hints.get("unet", {}):
+        # the shapes cannot tell SD2-base (epsilon, trained at 512) from SD2-v (768); the prediction type can,
+        # as in diffusers' configs (sample_size 64 and 96); native_size is read from it
+        unet.register_to_config(sample_size=64)
     upcast = plan.hints.get("unet", {}).get("upcast_attention")
     if upcast is None and plan.arch == "sd2" and pred[0] == "v_prediction":
         _set_upcast(unet, True)  # diffusers' SD2.x-v configs upcast attention (fp16 overflow otherwise)

@@ -265,6 +265,7 @@ class Panel:
         self._returned = None
         self.w = build_panel(self.t, self.features)
         self.widget = self.w.root
+        self._follow_native_size(None)
         self._wire()
         self._update_tokens()
         self._update_code()
@@ -653,6 +654,16 @@ class Panel:
         with self.w.debugger:
             display(debugger)
 
+    def _follow_native_size(self, before: tuple[int, int] | None) -> None:
+        """Width/height sliders to the loaded model's native size: when the panel opens, and after a model change
+        if they still showed the previous model's (a size the user chose is kept)."""
+        size = _native_size(self.session.model)
+        if size is None or (before is not None and (self.w.width.value, self.w.height.value) != before):
+            return
+        for slider, value in zip((self.w.width, self.w.height), size):
+            slider.max = max(slider.max, value)
+            slider.value = value
+
     def _refresh_models(self) -> None:
         listing = self.session.models()
         toy = ["toy"] if resources.files("nbdiffuse").joinpath("toy/weights/toy.safetensors").is_file() else []
@@ -676,12 +687,14 @@ class Panel:
 
         def load():
             start = time.perf_counter()
+            before = _native_size(self.session.model)
             try:
                 bundle = self.session.load(name)
             except Exception as e:  # noqa: BLE001 - the previous model stays usable; say why this one failed
                 self._show_error(e)
                 self.w.model_status.value = ""
                 return
+            self._follow_native_size(before)
             info = getattr(bundle, "info", None) or {}
             seconds = info.get("load_s", time.perf_counter() - start)
             line = self.t["loaded"].format(name=name, seconds=seconds)
@@ -693,6 +706,12 @@ class Panel:
         self._clear_error()
         self._thread = threading.Thread(target=load, name="nbdiffuse-panel-load", daemon=True)
         self._thread.start()
+
+
+def _native_size(model) -> tuple[int, int] | None:
+    """The model's ``native_size`` (None without a model, or for a stand-in without one)."""
+    size = getattr(model, "native_size", None)
+    return tuple(size) if size is not None else None
 
 
 def _close_tree(root: w.Widget) -> None:

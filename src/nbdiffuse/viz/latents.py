@@ -250,14 +250,15 @@ def explain_hires(session_or_bundle, result=None, *, snapshots: int = 3, index: 
     Give an earlier txt2img ``result`` (made without hires fix), or txt2img parameters to make one; hires
     parameters (``hr_scale``, ``hr_upscaler``, ``denoising_strength``, ...) go in ``params`` either way."""
     from ..jobs.hires import HIRES_FIELDS, hires_fix_steps, plan_hires, upscale_for_hires
-    from ..jobs.params import GenerationParams
+    from ..jobs.params import GenerationParams, with_native_size
     from ..jobs.txt2img import decode, txt2img_steps
 
     bundle, encoder = _bundle_and_encoder(session_or_bundle)
     hr = {k: params.pop(k) for k in list(params) if k in HIRES_FIELDS}
     params.pop("enable_hr", None)
     if result is None:
-        result = _run(txt2img_steps(bundle, GenerationParams.from_kwargs(**params), encoder))
+        result = _run(txt2img_steps(bundle, GenerationParams.from_kwargs(**with_native_size(params, bundle)),
+                                    encoder))
     elif params:
         raise TypeError(f"explain_hires: with a result, only hires parameters may be given, not {sorted(params)}")
     captured = []
