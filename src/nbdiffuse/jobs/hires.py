@@ -191,12 +191,14 @@ def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, 
         interrupted = control.interrupt.is_set()
         batch = decode_and_save(bundle, x, bs, lambda i, s=bs, u=bsub: infotext_fields(
             p, bundle, s[i], u[i], func, denoising=plan.denoising, encoder=encoder),
-            (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings)
+            (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings, control)
+        k = len(batch[0])  # fewer than the batch when interrupted while decoding
+        interrupted = interrupted or k < len(bs)
         images += batch[0]
         infotexts += batch[1]
         paths += batch[2]
-        outs.append(x.detach().float().cpu())
-        done += len(bs)
+        outs.append(x[:k].detach().float().cpu())
+        done += k
         if interrupted:
             break
     finish_timings(timings, start, denoiser, bundle.device, notes)

@@ -210,13 +210,16 @@ def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progres
         x = outcome.x
         batch = decode_and_save(bundle, x, seeds, lambda i, s=seeds, u=subseeds: infotext_fields(
             p, bundle, s[i], u[i], spec.func, job="img2img", denoising=denoising, extra=infotext_extra,
-            encoder=encoder), (styled_prompt, styled_negative), "img2img-images", outputs_dir, notes, timings)
+            encoder=encoder), (styled_prompt, styled_negative), "img2img-images", outputs_dir, notes, timings,
+            control)
+        k = len(batch[0])  # fewer than the batch when interrupted while decoding
+        interrupted = interrupted or k < len(seeds)
         out_images += batch[0]
         infotexts += batch[1]
         paths += batch[2]
-        latents_out.append(x.detach().float().cpu())
-        seeds_out += seeds
-        subseeds_out += subseeds
+        latents_out.append(x[:k].detach().float().cpu())
+        seeds_out += seeds[:k]
+        subseeds_out += subseeds[:k]
         if interrupted:
             break
 

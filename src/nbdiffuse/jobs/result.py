@@ -38,6 +38,18 @@ class Result:
     def __len__(self) -> int:
         return len(self.images)
 
+    def save(self, folder: str | Path) -> list[Path]:
+        """Save every image with its infotext as ``folder/YYYY-MM-DD/NNNNN-SEED.png`` (A1111's names, atomic, never
+        overwriting); returns the paths and keeps them in ``paths``. For images a job could not save itself:
+
+        >>> result.save("/tmp/rescued")                                   # doctest: +SKIP
+        """
+        from ..io.outputs import save_image
+
+        self.paths = [save_image(image, folder, seed=seed, infotext=text)
+                      for image, seed, text in zip(self.images, self.seeds, self.infotexts)]
+        return self.paths
+
     @property
     def image(self) -> Image.Image:
         """The first image."""

@@ -357,23 +357,41 @@ def memory_line(device: torch.device) -> str | None:
 
 
 def decode_and_save(bundle, x: torch.Tensor, seeds: Sequence[int], fields_for: Callable[[int], dict],
-                    prompts: tuple[str, str], folder: str, outputs_dir, notes: list[str], timings: dict
-                    ) -> tuple[list[Image.Image], list[str], list[Path | None]]:
-    """Decode one batch, write each image's infotext (``fields_for(i)``) and save it under ``outputs_dir/folder``:
-    ``(images, infotexts, paths)``."""
-    t = time.perf_counter()
-    images = decode(bundle, x, notes)
-    timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t
-    texts, paths = [], []
-    for i, image in enumerate(images):
-        text = format_infotext(*prompts, fields_for(i))
-        t = time.perf_counter()
-        path = None
-        if outputs_dir is not None:
-            path = save_image(image, Path(outputs_dir) / folder, seed=seeds[i], infotext=text)
-        timings["save_s"] = timings.get("save_s", 0.0) + time.perf_counter() - t
-        texts.append(text)
-        paths.append(path)
+                    prompts: tuple[str, str], folder: str, outputs_dir, notes: list[str], timings: dict,
+                    control: JobControl | None = None) -> tuple[list[Image.Image], list[str], list[Path | None]]:
+    """Decode one batch image by image, write each image's infotext (``fields_for(i)``) and save it under
+    ``outputs_dir/folder``: ``(images, infotexts, paths)``.
+
+    Finished images are never lost: a folder that cannot be written (read-only, full, a file in the way) leaves
+    ``paths[i]`` None with one note naming the folder and the error, and the job goes on; a KeyboardInterrupt
+    here sets ``control.interrupt`` and returns the images done so far (the lists are then shorter than ``x``).
+    """
+    images, texts, paths = [], [], []
+    target = Path(outputs_dir) / folder if outputs_dir is not None else None
+    try:
+        for i in range(len(x)):
+            t = time.perf_counter()
+            image = decode(bundle, x[i:i + 1], notes)[0]
+            timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t
+            text = format_infotext(*prompts, fields_for(i))
+            images.append(image)
+            texts.append(text)
+            paths.append(None)
+            if target is not None:
+                t = time.perf_counter()
+                try:
+                    paths[-1] = save_image(image, target, seed=seeds[i], infotext=text)
+                except OSError as e:
+                    note = (f"Could not save images to {target} ({type(e).__name__}: {e}); they are kept in the "
+                            "Result: result.save(folder) writes them elsewhere.")
+                    if note not in notes:
+                        notes.append(note)
+                timings["save_s"] = timings.get("save_s", 0.0) + time.perf_counter() - t
+    except KeyboardInterrupt:
+        if control is None:
+            raise
+        control.interrupt.set()
+        notes.append(f"Interrupted while decoding and saving: kept {len(images)} of this batch's {len(x)} images.")
     return images, texts, paths
 
 
@@ -473,13 +491,15 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
         denoising = hires.denoising if hires is not None else None
         batch = decode_and_save(bundle, x, seeds, lambda i, s=seeds, u=subseeds, d=denoising: infotext_fields(
             p, bundle, s[i], u[i], spec.func, encoder=encoder, denoising=d), (styled_prompt, styled_negative),
-            "txt2img-images", outputs_dir, notes, timings)
+            "txt2img-images", outputs_dir, notes, timings, control)
+        k = len(batch[0])  # fewer than the batch when interrupted while decoding
+        interrupted = interrupted or k < len(seeds)
         images += batch[0]
         infotexts += batch[1]
         paths += batch[2]
-        latents_out.append(x.detach().float().cpu())
-        seeds_out += seeds
-        subseeds_out += subseeds
+        latents_out.append(x[:k].detach().float().cpu())
+        seeds_out += seeds[:k]
+        subseeds_out += subseeds[:k]
         if interrupted:
             break
 
