@@ -428,13 +428,35 @@ STOCHASTIC = [
 def test_stochastic_sampler_output_has_the_data_mean_and_std(name, options):
     """40000 independent samples; 120 steps keep the first-order SDE samplers' variance bias under 0.03.
 
-    (LCM is left out: its re-noising assumes a consistency model, which samples, not a posterior mean.)
+    (LCM is left out: its re-noising assumes a consistency model, which samples, not a posterior mean; it has
+    its own test with the Gaussian data's exact consistency function below.)
     """
     shape = (8, 5000)
     noise = SeededNoise(shape, seed=99)  # not start_latent's seed: its first draw would equal x_T's noise
     out, _ = drive(getattr(S, name)(Gaussian(), start_latent(shape), karras(120), noise=noise, **options))
     assert float(out.mean()) == pytest.approx(MU, abs=0.02)
     assert float(out.std()) == pytest.approx(S_DATA, abs=0.03)
+
+
+def consistency(x, sigma):
+    """The Gaussian data's exact consistency function: the probability-flow ODE solution from sigma to 0."""
+    sigma = append_dims(sigma, x.ndim)
+    return MU + (x - MU) * S_DATA / (S_DATA**2 + sigma**2) ** 0.5
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 30])
+def test_lcm_with_an_exact_consistency_model_samples_the_data_mean_and_std(n):
+    """A consistency function maps a sample of the noisy marginal at any sigma to a data sample, and LCM's
+    re-noising to sigma_next makes a sample of the next marginal again: exact at every step count. Re-noising to
+    the wrong sigma, or not at all, changes the std."""
+    shape = (8, 5000)
+    noise = SeededNoise(shape, seed=99)
+    out, states = drive(S.sample_lcm(consistency, start_latent(shape), karras(n), noise=noise))
+    assert len(noise.asked) == n - 1
+    assert float(out.mean()) == pytest.approx(MU, abs=0.02)
+    assert float(out.std()) == pytest.approx(S_DATA, abs=0.02)
+    for state in states[:-1]:  # every intermediate latent is a sample of its marginal too
+        assert float(state.x.std()) == pytest.approx((S_DATA**2 + state.sigma_next**2) ** 0.5, rel=0.03)
 
 
 # --- the generator contract --------------------------------------------------------------------------------

@@ -214,6 +214,65 @@ def test_cfgpp_eta_uses_noise():
     assert len(calls) == 4 and torch.isfinite(out).all()
 
 
+class TwoGaussianWorlds:
+    """Unconditional data N(MU_U, S^2), conditional N(MU_C, S^2) per element; exact posterior means, so guidance
+    ``lam`` gives the posterior mean of N(MU_U + lam (MU_C - MU_U), S^2). Remembers the uncond prediction."""
+
+    S, MU_U, MU_C = 0.7, 0.5, -0.3
+
+    def __init__(self, lam):
+        self.lam, self.last_uncond = lam, None
+
+    def posterior_mean(self, x, sigma, mu):
+        s2 = sigma.view(-1, *[1] * (x.ndim - 1)).to(x.dtype) ** 2
+        return (self.S**2 * x + s2 * mu) / (self.S**2 + s2)
+
+    def __call__(self, x, sigma):
+        self.last_uncond = self.posterior_mean(x, sigma, self.MU_U)
+        return self.last_uncond + self.lam * (self.posterior_mean(x, sigma, self.MU_C) - self.last_uncond)
+
+
+def _karras(n, sigma_min=0.002, sigma_max=14.6, rho=7.0):
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+def test_cfgpp_guidance_moves_only_the_mean_and_the_rest_converges_like_ddim(lam):
+    """CFG++ (Chung et al. 2024; A1111's ddim_cfgpp): ``x_next = x0_guided + sigma_next * eps_uncond``.
+
+    In the two Gaussian worlds both denoisers shrink ``x - mean`` by the same ``S^2 / (S^2 + sigma^2)``, so:
+    * the deviations from the mean follow DDIM's exactly: ``out - ddim_out`` is one constant for every element,
+      and the std converges to the data's S at DDIM's first order as the steps double;
+    * that constant, the mean shift ``u``, follows from the update written out for these worlds, from u = 0:
+      ``u' = u (S^2 + sigma sigma') / (S^2 + sigma^2) + lam (MU_C - MU_U) sigma^2 / (S^2 + sigma^2)``.
+      (Renoising along the *guided* eps instead would give ``u' = u (S^2 + sigma sigma') / (S^2 + sigma^2) +
+      lam (MU_C - MU_U) sigma (sigma - sigma') / (S^2 + sigma^2)``.)
+    """
+    world = TwoGaussianWorlds(lam)
+    S, mu_u, dm = world.S, world.MU_U, world.MU_C - world.MU_U
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(8, 5000, generator=g, dtype=torch.float64)
+    std_errors = []
+    for n in (20, 40, 80):
+        sigmas = _karras(n)
+        x = mu_u + math.sqrt(S**2 + float(sigmas[0]) ** 2) * z
+        out, states = run(ts.sample_ddim_cfgpp(world, x.clone(), sigmas, uncond=lambda: world.last_uncond))
+        ddim, _ = run(ts.sample_ddim(lambda x, s: world.posterior_mean(x, s, mu_u), x.clone(), sigmas))
+        assert len(states) == n
+        shift = out - ddim
+        assert float(shift.std()) < 1e-12
+        u = 0.0
+        for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+            u = u * (S**2 + sigma * sigma_next) / (S**2 + sigma**2) + lam * dm * sigma**2 / (S**2 + sigma**2)
+        assert float(shift.mean()) == pytest.approx(u, rel=1e-9, abs=1e-12)
+        exact = (x - mu_u) * S / math.sqrt(S**2 + float(sigmas[0]) ** 2)  # the deviation's exact ODE flow to 0
+        std_errors.append(float((out - out.mean() - exact).abs().max()))
+    assert std_errors[0] > std_errors[1] > std_errors[2] and std_errors[1] / std_errors[2] > 1.5
+    assert float(out.std()) == pytest.approx(S, abs=0.02)
+
+
 # ------------------------------------------------------------------------------------------------ PLMS
 
 
