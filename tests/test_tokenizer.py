@@ -1,5 +1,6 @@
 """The shipped CLIP BPE tokenizer: real ids, per-kind padding, and no network."""
 
+import copy
 import os
 import socket
 import subprocess
@@ -106,3 +107,90 @@ def test_fresh_process_without_offline_env_never_touches_network():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+# ----------------------------------------------------------------------------- A1111's tokenisation (ftfy first)
+# Oracle: tests/fixtures/a1111/tokenizer_a1111.json.gz, made by A1111's own tokenizer wrappers (transformers 4.30.2's
+# slow CLIPTokenizer with ftfy for CLIP-L, open_clip 2.20.0's SimpleTokenizer for OpenCLIP), see its README section.
+
+def _a1111_tokens():
+    import gzip
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "a1111" / "tokenizer_a1111.json.gz"
+    return json.loads(gzip.decompress(path.read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def a1111_tokens():
+    return _a1111_tokens()
+
+
+def _mismatches(entries, kind):
+    from nbdiffuse.prompts.tokenizer import token_ids
+
+    texts = [e["text"] for e in entries]
+    expected = [e[kind] if e[kind] is not None else e["clip_l"] for e in entries]
+    got = token_ids(texts, clip_tokenizer(kind))
+    return [(t, g, x) for t, g, x in zip(texts, got, expected) if g != x]
+
+
+@pytest.mark.parametrize("kind", ["clip_l", "open_clip"])
+def test_token_ids_equal_a1111_for_every_text_of_the_fixture(a1111_tokens, kind):
+    entries = a1111_tokens["tokens"]
+    assert {e["tag"] for e in entries} >= {"cjk", "fullwidth", "emoji", "accents", "mojibake", "html", "random"}
+    bad = _mismatches(entries, kind)
+    versions = a1111_tokens["about"]["versions"]
+    assert not bad, (f"{len(bad)}/{len(entries)} texts tokenised differently from A1111 (fixture made with ftfy "
+                     f"{versions['ftfy']}, regex {versions['regex']}); first: {bad[:3]}")
+
+
+def test_fixture_exercises_the_clean_up(a1111_tokens):
+    # Without ftfy (the fast tokenizer alone) most fixture texts come out differently: the fixture can catch a
+    # missing clean-up, and OpenCLIP's extra HTML unescaping shows up in its own entries.
+    entries = a1111_tokens["tokens"]
+    raw = clip_tokenizer("clip_l")([e["text"] for e in entries], add_special_tokens=False)["input_ids"]
+    assert sum(r != e["clip_l"] for r, e in zip(raw, entries)) > len(entries) // 2
+    assert sum(e["open_clip"] is not None for e in entries) > 100
+
+
+def test_cjk_prompt_is_41_tokens_as_in_a1111(a1111_tokens):
+    from nbdiffuse.prompts.conditioning import count_tokens
+    from nbdiffuse.prompts.tokenizer import clean_text, encode
+
+    prompt = "一只可爱的猫，坐在窗台上，阳光，高清"
+    (entry,) = [e for e in a1111_tokens["tokens"] if e["text"] == prompt]
+    assert len(entry["clip_l"]) == 41 and encode(prompt) == entry["clip_l"]
+    assert len(clip_tokenizer()(prompt, add_special_tokens=False).input_ids) == 47  # the fast tokenizer alone
+    assert clean_text(prompt) == "一只可爱的猫,坐在窗台上,阳光,高清"
+    assert str(count_tokens(prompt)) == "41/75"
+
+
+@pytest.mark.parametrize(("text", "clip_l", "open_clip"), [
+    ("ｃａｔ，ｄｏｇ", "cat,dog", "cat,dog"),
+    ("Ã©tÃ© “Sun”", 'été "sun"', 'été "sun"'),
+    ("ﬁne\u3000\u3000day\n", "fine day", "fine day"),
+    ("<b>fish &amp; chips</b>", "<b>fish &amp; chips</b>", "<b>fish & chips</b>"),
+])
+def test_clean_text_per_encoder(text, clip_l, open_clip):
+    from nbdiffuse.prompts.tokenizer import clean_text
+
+    assert clean_text(text, "clip_l") == clip_l and clean_text(text, "open_clip") == open_clip
+
+
+def test_special_token_spelling_differs_per_encoder():
+    from nbdiffuse.prompts.tokenizer import encode
+
+    assert encode("a <|endoftext|>") == [320, EOS_ID]
+    assert encode("a <end_of_text>", "open_clip") == [320, EOS_ID]
+    assert EOS_ID not in encode("a <|endoftext|>", "open_clip") and EOS_ID not in encode("a <end_of_text>")
+
+
+def test_other_tokenizers_get_the_clean_up_too():
+    from nbdiffuse.prompts.tokenizer import token_ids, tokenizer_kind
+
+    other = copy.deepcopy(clip_tokenizer("open_clip"))  # not the shipped object: known by vocabulary and pad id
+    assert tokenizer_kind(other) == "open_clip" and tokenizer_kind(clip_tokenizer()) == "clip_l"
+    assert token_ids(["ＣＡＴ，ｄｏｇ"], other) == [[2368, 267, 1929]]
+    assert token_ids(["cat,dog"], clip_tokenizer("open_clip")) == [[2368, 267, 1929]]

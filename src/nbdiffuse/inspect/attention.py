@@ -121,8 +121,10 @@ def prompt_tokens(prompt: str, tokenizer) -> list[int]:
 
 def word_positions(prompt: str, word: str, tokenizer) -> list[int]:
     """Context positions of ``word`` (all its BPE tokens, every occurrence) in ``prompt``'s conditioning."""
+    from ..prompts.tokenizer import token_ids
+
     ids = prompt_tokens(prompt, tokenizer)
-    word_ids = tokenizer(word, add_special_tokens=False, truncation=False)["input_ids"]
+    word_ids = token_ids([word], tokenizer)[0]
     if not word_ids:
         raise ValueError(f"{word!r} has no tokens")
     n = len(word_ids)

@@ -248,10 +248,11 @@ class EmbeddingDB:
 
 
 def build_lookup(embeddings: Iterable[Embedding], tokenizer) -> dict[int, list[tuple[tuple[int, ...], Embedding]]]:
+    from nbdiffuse.prompts.tokenizer import token_ids
+
     table: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
     for embedding in embeddings:
-        ids = tuple(tokenizer(embedding.name, truncation=False, add_special_tokens=False,
-                              verbose=False)["input_ids"])
+        ids = tuple(token_ids([embedding.name], tokenizer)[0])  # A1111: cond_stage_model.tokenize([name])
         if not ids:
             continue
         entries = table.setdefault(ids[0], [])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .parser import parse_attention, schedule, split_and
+from .tokenizer import token_ids
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
@@ -82,6 +83,8 @@ def tokenize_chunks(text: str, tokenizer, emphasis: str = "Original",
     """Split ``text`` into 77-token chunks as A1111 does; returns ``(chunks, token_count)``.
 
     ``token_count`` counts every non-final chunk as 75 and the last one by its real tokens (the UI counter).
+    Each emphasis run is tokenised as A1111 does for ``tokenizer``'s encoder
+    (:func:`~nbdiffuse.prompts.tokenizer.token_ids`: ftfy first, so ``，`` is a comma for the backtracking too).
     ``pad_id`` replaces the positions after the first EOS (0 for OpenCLIP encoders); default: EOS.
 
     ``embeddings`` (an ``EmbeddingDB`` or a list of ``Embedding``): where an embedding's name tokens occur (longest
@@ -95,8 +98,7 @@ def tokenize_chunks(text: str, tokenizer, emphasis: str = "Original",
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     parsed = parse_attention(text) if emphasis != "None" else [(text, 1.0)]
-    tokenized = tokenizer([t for t, _ in parsed], truncation=False, add_special_tokens=False,
-                          verbose=False)["input_ids"]
+    tokenized = token_ids([t for t, _ in parsed], tokenizer)
     table = _embedding_table(embeddings, tokenizer)
     chunks: list[PromptChunk] = []
     chunk = PromptChunk()
