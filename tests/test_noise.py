@@ -1,6 +1,17 @@
+import importlib.util
+import warnings
+from pathlib import Path
+
+import pytest
 import torch
 
 from nbdiffuse.sampling.noise import BrownianNoise, ImageNoise, fix_seed, image_seeds, paste_centred, slerp
+from nbdiffuse.sampling.schedules import compute_sigmas
+
+_REF = Path(__file__).parent / "reference" / "k_diffusion_sampling.py"
+_spec = importlib.util.spec_from_file_location("k_diffusion_sampling_ref", _REF)
+kd = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kd)
 
 SHAPE = (4, 8, 6)
 
@@ -85,3 +96,45 @@ def test_brownian_noise_is_seeded_per_image_and_independent_of_query_order():
 def test_brownian_increments_are_standard_normal():
     noise = BrownianNoise((4, 64, 64), [0], 0.03, 14.6)(torch.tensor(3.0), torch.tensor(1.0))
     assert abs(noise.mean().item()) < 0.05 and abs(noise.std().item() - 1) < 0.05
+
+
+# ------------------------------------------------------------------ Brownian trees: k-diffusion's, number for number
+
+def _tree_queries(sigmas):
+    """What the SDE samplers ask: every step (sigma_i, sigma_i+1 > 0) and DPM++ SDE's midpoints."""
+    steps = [(sigmas[i], sigmas[i + 1]) for i in range(len(sigmas) - 1) if sigmas[i + 1] > 0]
+    return steps + [(a, (a * b).sqrt()) for a, b in steps]
+
+
+@pytest.mark.parametrize("schedule, steps, tail", [("Karras", 10, None), ("Exponential", 7, None),
+                                                   ("Uniform", 12, 5), ("Karras", 25, 9)])
+@pytest.mark.parametrize("seeds", [[1], [7, 8, 9]])
+def test_brownian_noise_equals_k_diffusion_brownian_tree_noise_sampler(sd1, schedule, steps, tail, seeds):
+    """A1111: BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=<the batch's seeds>) over
+    the whole schedule, also when only its tail runs (img2img, hires)."""
+    sigmas = compute_sigmas(schedule, steps, sd1.sigmas)
+    x = torch.zeros(len(seeds), 4, 6, 5)
+    ref = kd.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seeds)
+    ours = BrownianNoise(x.shape[1:], seeds, sigmas[sigmas > 0].min(), sigmas.max())
+    run = sigmas if tail is None else sigmas[-tail - 1:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # k-diffusion's queries at the ends make torchsde warn
+        want = [ref(a, b) for a, b in _tree_queries(run)]
+    got = [ours(a, b) for a, b in _tree_queries(run)]
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+def test_brownian_noise_is_quiet_where_k_diffusion_makes_torchsde_warn(sd1):
+    sigmas = compute_sigmas("Karras", 10, sd1.sigmas)
+    lo, hi = sigmas[sigmas > 0].min(), sigmas.max()
+    ref = kd.BrownianTreeNoiseSampler(torch.zeros(1, 4, 4, 4), lo, hi, seed=[3])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        want = [ref(sigmas[0], sigmas[1]), ref(sigmas[-3], sigmas[-2])]
+    assert any("Should have" in str(w.message) for w in caught)  # the situation does provoke torchsde
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = BrownianNoise((4, 4, 4), [3], lo, hi)
+        got = [ours(sigmas[0], sigmas[1]), ours(sigmas[-3], sigmas[-2])]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))

@@ -101,8 +101,9 @@ def _sampler_and_scheduler(name: str, schedule: Any) -> tuple[str, str]:
 def to_params(text_or_dict: str | Mapping[str, Any], styles: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Map an infotext (text, or :func:`parse`'s dict) onto ``Session.txt2img`` / A1111 API fields.
 
-    Only keys present in the infotext appear in the result (plus ``scheduler`` with a sampler and
-    ``enable_hr`` with hires keys). Values are converted to int/float/bool/list; keys the API has no
+    Only keys present in the infotext appear in the result (plus ``scheduler`` with a sampler,
+    ``enable_hr`` with hires keys, and always ``randn_source``: a missing ``RNG`` means A1111's default "GPU").
+    Values are converted to int/float/bool/list; keys the API has no
     field for (Model, Model hash, Version, Lora hashes, ...) are left out.
     Raises ``ValueError`` for a value that cannot be converted (``Steps: many``).
 
@@ -151,6 +152,14 @@ def to_params(text_or_dict: str | Mapping[str, Any], styles: Mapping[str, Any] |
     # A resize of 0x0 is A1111's "no resize" default (parse(..., defaults=True)), not a second pass.
     if "hr_scale" in params or params.get("hr_resize_x") or params.get("hr_resize_y"):
         params["enable_hr"] = True
+    # A1111 writes "RNG" only when it is not its default, GPU: no key means the noise came from torch.randn on CUDA
+    from .sampling.noise import resolve_randn_source
+
+    rng = res.get("RNG")
+    try:
+        params["randn_source"] = resolve_randn_source(rng if rng not in (None, "") else "GPU")
+    except ValueError as e:
+        raise ValueError(f"Infotext RNG: {rng!r} is not a valid value for randn_source: use GPU, CPU or NV.") from e
     named = params.pop("styles", None)
     if named and styles is not None:
         from .prompts.parser import extract_styles

@@ -30,7 +30,7 @@ from ..prompts.parser import Style
 from ..sampling.base import StepState
 from ..sampling.denoiser import Denoiser
 from ..sampling.registry import SAMPLERS
-from .img2img import img2img_sigmas
+from .img2img import img2img_schedule, img2img_sigmas
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
@@ -85,6 +85,7 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
     spec1, spec2 = SAMPLERS[p.sampler_name], SAMPLERS[p.hr_sampler_used]
     steps = p.hr_second_pass_steps or p.steps
     sigmas = img2img_sigmas(p.hr_scheduler_used, steps, denoising, bundle, spec2, fixed_steps=True)
+    whole = img2img_schedule(p.hr_scheduler_used, steps, denoising, bundle, spec2, fixed_steps=True)
     hp = p.replace(prompt=p.hr_prompt or p.prompt, negative_prompt=p.hr_negative_prompt or p.negative_prompt)
     own_notes: list[str] = []
     _, _, prompt, negative = styled_prompts(hp, styles, own_notes, applied_names(bundle))
@@ -93,7 +94,8 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
     first_total = p.steps * 2 if spec1.second_order else p.steps
     hires_total = steps * 2 if spec2.second_order else steps
     plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, sampler_name=spec2.name,
-                     size=p.hr_upscale_to, schedule_steps=first_total, hires_steps=hires_total, name="hires")
+                     size=p.hr_upscale_to, schedule_steps=first_total, hires_steps=hires_total, name="hires",
+                     tree_sigmas=whole)
     return HiresPlan(bundle, plan, denoising, p.hr_upscaler or "Latent", p.hr_upscale_to, p.hr_truncate, steps)
 
 

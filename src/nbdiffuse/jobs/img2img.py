@@ -78,9 +78,18 @@ def img2img_sigmas(scheduler: str, steps: int, denoising: float, bundle, spec, *
     if fixed_steps and denoising == 0:
         return torch.zeros(1)
     total, t_enc = img2img_step_counts(steps, denoising, fixed_steps)
-    sigmas = compute_sigmas(scheduler, total, bundle.sigmas, arch=bundle.arch,
-                            discard_penultimate=spec.discard_penultimate)
-    return sigmas[total - t_enc - 1:]
+    return img2img_schedule(scheduler, steps, denoising, bundle, spec, fixed_steps=fixed_steps)[total - t_enc - 1:]
+
+
+def img2img_schedule(scheduler: str, steps: int, denoising: float, bundle, spec, *,
+                     fixed_steps: bool = False) -> torch.Tensor:
+    """The whole schedule :func:`img2img_sigmas` is the tail of (``[0]`` when that is empty). A1111 spans the SDE
+    samplers' Brownian trees over it (``create_noise_sampler(x, sigmas, p)`` gets the whole ``sigmas``)."""
+    if fixed_steps and denoising == 0:
+        return torch.zeros(1)
+    total, _ = img2img_step_counts(steps, denoising, fixed_steps)
+    return compute_sigmas(scheduler, total, bundle.sigmas, arch=bundle.arch,
+                          discard_penultimate=spec.discard_penultimate)
 
 
 def _as_image(image) -> Image.Image:
@@ -185,7 +194,8 @@ def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progres
 
     t = time.perf_counter()
     sigmas = img2img_sigmas(p.scheduler_used, p.steps, denoising, bundle, spec)
-    plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, name="img2img")
+    plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, name="img2img",
+                     tree_sigmas=img2img_schedule(p.scheduler_used, p.steps, denoising, bundle, spec))
     init = init_latents(bundle, p, images)
     timings["encode_s"] += time.perf_counter() - t
     factor = bundle.vae_scale_factor

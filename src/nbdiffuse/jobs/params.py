@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..sampling.noise import resolve_randn_source
 from ..sampling.registry import SAMPLERS, resolve_sampler, suggest
 from ..sampling.schedules import SCHEDULES, resolve_schedule
 
@@ -59,6 +60,10 @@ class GenerationParams:
     styles: tuple[str, ...] = ()
     emphasis: str = "Original"  # A1111's emphasis setting: "Original", "No norm", "Ignore", "None"
     tiling: bool = False
+    # A1111's "Random number generator source" (infotext "RNG"): "CPU" (ours: the same image on every device),
+    # "GPU" (A1111's default: torch.randn on CUDA; emulated where there is none) or "NV" (NVIDIA's generator on
+    # the CPU)
+    randn_source: str = "CPU"
     # img2img and hires fix
     denoising_strength: float | None = None  # None: the job's default (0.7 hires fix, 0.75 img2img)
     extra_noise: float = 0.0  # A1111's "Extra noise" (its setting img2img_extra_noise)
@@ -137,6 +142,7 @@ class GenerationParams:
                 raise ValueError(f"scheduler: {e}") from None
         for name in ("cfg_scale", "subseed_strength", "s_churn", "s_tmin", "s_tmax", "s_noise"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "randn_source", resolve_randn_source(self.randn_source))
         self._check_img2img_and_hires()
 
     def _check_img2img_and_hires(self) -> None:

@@ -30,7 +30,7 @@ from ..prompts.parser import Style, apply_styles, extract_extra_networks
 from ..sampling.base import StepState
 from ..sampling.denoiser import Denoiser
 from ..sampling.guidance import CFGDenoiser
-from ..sampling.noise import BrownianNoise, ImageNoise, fix_seed, image_seeds
+from ..sampling.noise import GPU_EMULATED_NOTE, BrownianNoise, ImageNoise, fix_seed, gpu_is_emulated, image_seeds
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import compute_sigmas
 from .guards import JobInterrupted, interruptible
@@ -129,7 +129,8 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
     fields.update(extra or {})
     if p.styles:
         fields["Styles array"] = json.dumps(list(p.styles), ensure_ascii=False)
-    fields["RNG"] = "CPU"  # A1111's default draws noise on the GPU; ours is CPU noise, named so A1111 can match it
+    # A1111 writes the key only when the source is not its default "GPU" (and reads a missing key as "GPU")
+    fields["RNG"] = p.randn_source if p.randn_source != "GPU" else None
     fields["Version"] = f"nbdiffuse {__version__}"
     return build_fields(core, fields)
 
@@ -213,6 +214,9 @@ class PassPlan:
     cfg_scale: float
     time_ids: torch.Tensor
     name: str = "txt2img"
+    # The whole schedule ``sigmas`` was cut from (img2img, hires): A1111 spans the SDE samplers' Brownian trees
+    # over it, not over the tail that runs. None: ``sigmas`` itself.
+    tree_sigmas: torch.Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -231,9 +235,10 @@ class PassOutcome:
 
 def plan_pass(bundle, p: GenerationParams, encoder: TextEncoder, prompt: str, negative: str, sigmas: torch.Tensor,
               *, sampler_name: str | None = None, size: tuple[int, int] | None = None,
-              schedule_steps: int | None = None, hires_steps: int | None = None, name: str = "txt2img") -> PassPlan:
+              schedule_steps: int | None = None, hires_steps: int | None = None, name: str = "txt2img",
+              tree_sigmas: torch.Tensor | None = None) -> PassPlan:
     """Encode the prompts (A1111's schedules over ``schedule_steps``, or the hires rule with ``hires_steps``)
-    and gather the sampler's options for a pass over ``sigmas``."""
+    and gather the sampler's options for a pass over ``sigmas`` (cut from ``tree_sigmas``, if given)."""
     spec = SAMPLERS[sampler_name or p.sampler_name]
     if schedule_steps is None:
         schedule_steps = p.steps * 2 if spec.second_order else p.steps
@@ -244,7 +249,7 @@ def plan_pass(bundle, p: GenerationParams, encoder: TextEncoder, prompt: str, ne
     time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32, device=bundle.device)
     options = {**spec.options, **sampler_options(p, spec.func)}
     return PassPlan(spec, options, sigmas.to(bundle.device), conds, uncond, empty, p.cfg_scale / spec.cfg_divisor,
-                    time_ids, name)
+                    time_ids, name, tree_sigmas)
 
 
 def checked_replacement(hook: Hook, out, state: StepState) -> torch.Tensor:
@@ -271,7 +276,8 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
              extra: Mapping | None = None) -> Generator[StepState, None, PassOutcome]:
     """Sample one batch: yields every step (hooks applied), returns a :class:`PassOutcome`.
 
-    Noise comes from one CPU generator per seed (A1111's ImageRNG, recreated for every pass): ``x = noise *
+    Noise comes from one generator per seed, of ``p.randn_source`` (A1111's ImageRNG, recreated for every pass;
+    Brownian trees over the whole schedule, ``plan.tree_sigmas``, for the SDE samplers): ``x = noise *
     sigmas[0]`` from scratch, or with ``init`` latents (img2img, hires pass) ``x = init + noise * sigmas[0]``
     plus ``noise * extra_noise`` (A1111's "Extra noise": the same noise tensor; for timestep samplers A1111 adds
     ``noise * extra * sqrt(abar)`` to its VP latent, which in our sigma space is the same ``noise * extra``).
@@ -281,8 +287,10 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
     timings = timings if timings is not None else {"sample_s": 0.0}
     spec, sigmas = plan.spec, plan.sigmas
     device = sigmas.device
+    if gpu_is_emulated(p.randn_source, device) and GPU_EMULATED_NOTE not in notes:
+        notes.append(GPU_EMULATED_NOTE)
     rng = ImageNoise(shape, seeds, subseeds, p.subseed_strength, (p.seed_resize_from_w, p.seed_resize_from_h),
-                     downscale=downscale)
+                     downscale=downscale, source=p.randn_source, device=device)
     noise0 = rng.first().to(device)
     if init is None:
         x = noise0 * sigmas[0]
@@ -291,8 +299,9 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
         if extra_noise > 0:
             x = x + noise0 * extra_noise
     if spec.brownian:
-        positive = sigmas[sigmas > 0]
-        brownian = BrownianNoise(shape, seeds, float(positive.min()), float(positive.max()))
+        full = plan.tree_sigmas if plan.tree_sigmas is not None else sigmas
+        brownian = BrownianNoise(shape, seeds, full[full > 0].min(), full.max(), source=p.randn_source,
+                                 device=device)
 
         def noise(sigma, sigma_next):
             return brownian(sigma, sigma_next).to(device)
