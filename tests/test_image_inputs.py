@@ -75,3 +75,10 @@ def test_a_missing_or_unreadable_file_is_named(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"cannot read '.*bad.png' as an image"):
         prepare_init_images(P, bad)
+
+
+def test_a_tiny_init_image_with_latent_resize_is_refused_before_the_vae():
+    p3 = P.replace(resize_mode=3)
+    with pytest.raises(ValueError, match=r"an image of 1x1 is too small for resize_mode=3"):
+        prepare_init_images(p3, Image.new("RGB", (1, 1)))
+    prepare_init_images(P, Image.new("RGB", (1, 1)))  # the other modes resize it to the job size first

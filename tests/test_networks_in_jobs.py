@@ -113,3 +113,28 @@ def test_external_vae_changes_decode_and_is_named_in_infotext(models_session, sd
     s.load_vae(None)
     back = s.txt2img(prompt="x", **BASE)
     assert np.array_equal(np.asarray(plain.images[0]), np.asarray(back.images[0]))
+
+
+@pytest.mark.parametrize("prompt,message", [
+    ("x <lora:detail:nan>", r"<lora:detail:nan>: weight 'nan' must be a finite number"),
+    ("x <lora:detail:inf>", r"weight 'inf' must be a finite number"),
+    ("x <lora:detail:1e9>", r"between -100 and 100"),
+    ("x <lora:detail:0.5> y <lora:detail:1>", r"names <lora:detail> twice with different weights "
+                                              r"\(<lora:detail:0.5> and <lora:detail:1>\)"),
+])
+def test_lora_weights_that_can_only_break_the_picture_are_refused_before_work(models_session, prompt, message):
+    s, _ = models_session
+    before = state(s.model)
+    calls = []
+    with pytest.raises(ValueError, match=message):
+        s.txt2img(prompt=prompt, hooks=[lambda st: calls.append(1)], **BASE)
+    assert calls == []
+    after = state(s.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model is untouched
+
+
+def test_the_same_lora_tag_twice_with_the_same_weight_is_one_lora(models_session):
+    s, _ = models_session
+    once = s.txt2img(prompt="a red circle <lora:detail:0.8>", **BASE)
+    twice = s.txt2img(prompt="a red circle <lora:detail:0.8> <lora:detail:0.8>", **BASE)
+    assert torch.equal(once.latents, twice.latents)

@@ -93,3 +93,8 @@ def test_batch_that_cannot_fit_is_refused_before_work():
 def test_to_dict_round_trips():
     p = make(prompt="a", seed=3, sampler_name="Euler a", steps=7)
     assert GenerationParams.from_kwargs(**p.to_dict()) == p
+
+
+def test_a_lone_surrogate_in_a_prompt_is_refused_naming_the_field_and_position():
+    with pytest.raises(ValueError, match=r"negative_prompt is not valid: it contains '\\ud800' at position 3"):
+        make(prompt="ok", negative_prompt="abc\ud800def")

@@ -202,3 +202,30 @@ def test_result_renders_as_html_gallery_with_infotext(session):
     r = session.txt2img(**BASE)
     html = r._repr_html_()
     assert "data:image/png;base64," in html and "Steps: 4" in html
+
+
+def test_emphasis_and_clip_skip_that_cannot_work_are_refused_before_any_model_call(session):
+    calls = []
+    hooks = [lambda s: calls.append(1)]
+    with pytest.raises(ValueError, match=r"prompt: the emphasis on 'red' multiplies it by 1.51e\+124"):
+        session.txt2img(prompt="(" * 3000 + "red" + ")" * 3000, steps=2, width=64, height=64, hooks=hooks)
+    with pytest.raises(ValueError, match=r"negative_prompt: the emphasis on 'blur'"):
+        session.txt2img(prompt="a", negative_prompt="(blur:1000000)", steps=2, width=64, height=64, hooks=hooks)
+    layers = session.model.text_encoders[0].config.num_hidden_layers
+    with pytest.raises(ValueError, match=rf"clip_skip=100 is not valid: this model's text encoder has {layers}"):
+        session.txt2img(prompt="a", clip_skip=100, steps=2, width=64, height=64, hooks=hooks)
+    assert calls == []
+    assert len(session.txt2img(prompt="((red))", clip_skip=layers, steps=1, width=64, height=64).images) == 1
+
+
+def test_nan_latents_in_float32_do_not_blame_precision(session):
+    def poison_denoiser_output(module, args, output):
+        return (output[0] * float("nan"),)
+
+    handle = session.model.unet.register_forward_hook(poison_denoiser_output)
+    try:
+        with pytest.warns(UserWarning, match="although the UNet ran in float32, so precision is not the cause"):
+            result = session.txt2img(prompt="a", steps=2, width=64, height=64)
+    finally:
+        handle.remove()
+    assert not any("try a float32 session" in w for w in result.warnings)

@@ -28,6 +28,22 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
+MAX_EMPHASIS = 100.0  # (x:100) or 48 nested brackets; beyond this the conditioning overflows into NaN pictures
+
+
+def _check_emphasis(p: GenerationParams) -> None:
+    """Refuse, before any work, an emphasis weight so large (3,000 nested brackets: x1.1^3000) that the text
+    encoder's output overflows and the picture comes out black."""
+    from .prompts.parser import parse_attention
+
+    for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+        for piece, weight in parse_attention(getattr(p, name)):
+            if not abs(weight) <= MAX_EMPHASIS:
+                raise ValueError(f"{name}: the emphasis on {piece.strip()[:40]!r} multiplies it by {weight:.3g}; "
+                                 f"weights beyond ±{MAX_EMPHASIS:g} only make NaN pictures. Use fewer brackets or "
+                                 "an explicit weight like (word:1.5).")
+
+
 def _exclusive(what: str):
     """Run a Session method with the session held (:mod:`nbdiffuse.jobs.lock`): never during another thread's job,
     and refused while this thread's own job is paused."""
@@ -296,6 +312,13 @@ class Session:
                              "session with Session(models_dir=...) (an A1111 or ComfyUI folder).")
         from .models.lora import apply_loras, load_lora, lora_tag_weights
 
+        for text in texts:
+            written: dict = {}
+            for tag in extract_extra_networks(text)[1]:
+                if tag.kind in ("lora", "lyco") and written.setdefault(tag.name, tag.items) != tag.items:
+                    raise ValueError(f"The prompt names <{tag.kind}:{tag.name}> twice with different weights "
+                                     f"(<{tag.kind}:{':'.join(written[tag.name])}> and <{tag.kind}:"
+                                     f"{':'.join(tag.items)}>): write it once, with the weight you want.")
         entries, seen = [], set()
         for tag in tags:
             if tag.name in seen:
@@ -363,6 +386,12 @@ class Session:
             check_size(self.model, p.width, p.height)  # a size no interrupt could stop is refused up front
             if p.enable_hr:
                 check_size(self.model, *p.hr_size, what="hires size")
+            layers = min((getattr(getattr(te, "config", None), "num_hidden_layers", 99) for te in
+                          self.model.text_encoders), default=99)
+            if p.clip_skip > layers:
+                raise ValueError(f"clip_skip={p.clip_skip} is not valid: this model's text encoder has {layers} "
+                                 f"layers, so it must be between 1 and {layers} (1 = the last layer, 2 is common).")
+        _check_emphasis(p)
         if self.encoder is not None:
             self.encoder.emphasis = p.emphasis
         return p

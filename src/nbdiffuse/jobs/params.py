@@ -89,6 +89,8 @@ class GenerationParams:
 
         _check(self.emphasis in EMPHASIS_MODES, "emphasis", self.emphasis, f"one of {', '.join(EMPHASIS_MODES)}")
         _check(isinstance(self.negative_prompt, str), "negative_prompt", self.negative_prompt, "a string")
+        for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+            _check_text(name, getattr(self, name))
         for name in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "clip_skip",
                      "seed_resize_from_w", "seed_resize_from_h"):
             value = getattr(self, name)
@@ -298,6 +300,18 @@ def with_native_size(params: Mapping, bundle) -> dict:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _check_text(name: str, text) -> None:
+    """A prompt must be text that can be written into a PNG: a lone surrogate (from a bad copy-paste or a broken
+    decode) fails in the tokenizer or when saving, after the work is done."""
+    if not isinstance(text, str):
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid: it contains {text[e.start]!r} at position {e.start}, half of a "
+                         "character pair (a broken copy-paste); remove it or paste the text again.") from None
 
 
 def _check(ok: bool, name: str, value, allowed: str) -> None:

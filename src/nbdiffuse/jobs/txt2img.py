@@ -351,9 +351,18 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
         gen.close()
         timings["sample_s"] = timings.get("sample_s", 0.0) + time.perf_counter() - t
     if outcome.x is not None and not torch.isfinite(outcome.x).all():
-        notes.append(f"The UNet produced NaN/inf latents ({denoiser.unet.dtype}); try a float32 session "
-                     "(Session(dtype=torch.float32)) or a different sampler/CFG.")
+        notes.append(nan_note(denoiser.dtype))
     return outcome
+
+
+def nan_note(dtype: torch.dtype) -> str:
+    """What to say when the sampled latents hold NaN/inf: half precision is a suspect only in half precision."""
+    if dtype == torch.float32:
+        return ("The sampled latents hold NaN/inf values although the UNet ran in float32, so precision is not the "
+                "cause: look at what feeds the model (an extreme CFG scale, LoRA weight or emphasis, a hook's "
+                "replacement latent, a broken model file).")
+    return (f"The UNet produced NaN/inf latents in {str(dtype).replace('torch.', '')}; try float32 "
+            "(Session(dtype=torch.float32)), upcast attention, or a lower CFG scale.")
 
 
 def memory_line(device: torch.device) -> str | None:

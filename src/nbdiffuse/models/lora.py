@@ -32,6 +32,7 @@ the 8-byte header length and the JSON header ("addnet hash"); for a ``.pt``/``.c
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -341,6 +342,9 @@ class LoraWeights(NamedTuple):
     unet: float
 
 
+MAX_LORA_WEIGHT = 100.0  # far beyond any useful strength; a larger (or non-finite) weight only makes NaN pictures
+
+
 def lora_tag_weights(net) -> LoraWeights:
     """A1111's reading of a ``<lora:name:args>`` tag (a :class:`~nbdiffuse.prompts.parser.ExtraNetwork`):
     ``<lora:x>`` -> 1/1; ``<lora:x:w>`` -> w for both; ``<lora:x:te:unet>``; named ``te=``/``unet=`` override.
@@ -349,9 +353,13 @@ def lora_tag_weights(net) -> LoraWeights:
 
     def number(text: str, what: str) -> float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ValueError(f"<{net.kind}:{':'.join(net.items)}>: {what} {text!r} is not a number") from None
+        if not math.isfinite(value) or abs(value) > MAX_LORA_WEIGHT:
+            raise ValueError(f"<{net.kind}:{':'.join(net.items)}>: {what} {text!r} must be a finite number between "
+                             f"-{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g} (typical: 0.5 to 1)")
+        return value
 
     te = number(positional[1], "weight") if len(positional) > 1 else 1.0
     te = number(named["te"], "te=") if "te" in named else te
