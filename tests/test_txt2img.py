@@ -125,17 +125,62 @@ def test_stepping_then_finishing_equals_an_uninterrupted_run(session, sampler):
     assert np.array_equal(pixels(result), pixels(full))
 
 
-def test_interrupt_from_another_thread_keeps_finished_images_and_session_usable(session):
-    def hook(state):
-        if state.extra["iteration"] == 1 and state.i == 1:
-            t = threading.Thread(target=session.interrupt)
-            t.start()
-            t.join()
+def run_in_thread(fn) -> tuple[threading.Thread, dict]:
+    """Start ``fn()`` on a worker thread (as the panel runs jobs); ``out["result"]`` or ``out["error"]`` after."""
+    out = {}
 
-    r = session.txt2img(**{**BASE, "n_iter": 3}, hooks=[hook])
+    def target():
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            out["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_interrupt_from_another_thread_while_the_job_runs_keeps_finished_images(session):
+    # The job runs on a worker thread; this thread presses "Stop" while it is held after step 1 of batch 2.
+    reached, resume, trace = threading.Event(), threading.Event(), []
+
+    def hook(state):
+        trace.append((state.extra["iteration"], state.i))
+        if (state.extra["iteration"], state.i) == (1, 1):
+            reached.set()
+            assert resume.wait(30)
+
+    job, out = run_in_thread(lambda: session.txt2img(**{**BASE, "n_iter": 3}, hooks=[hook]))
+    assert reached.wait(30), out.get("error")
+    session.interrupt()
+    resume.set()
+    job.join(30)
+    assert not job.is_alive() and "error" not in out, out.get("error")
+    r = out["result"]
+    assert trace == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]  # stopped right after the step it was in
     assert r.interrupted and len(r.images) == 2  # the finished first batch + the interrupted one's x0
+    assert torch.equal(r.latents[0], session.txt2img(**BASE).latents[0])
     ok = session.txt2img(**BASE)
     assert not ok.interrupted and len(ok.images) == 1
+
+
+def test_interrupt_from_another_thread_stops_a_job_that_is_not_held(session):
+    # No hook waits here: the flag set from this thread is read by the running loop after its current step.
+    started, trace = threading.Event(), []
+
+    def hook(state):
+        trace.append((state.extra["iteration"], state.i))
+        started.set()
+
+    job, out = run_in_thread(lambda: session.txt2img(**{**BASE, "n_iter": 200}, hooks=[hook]))
+    assert started.wait(30), out.get("error")
+    session.interrupt()
+    job.join(60)
+    assert not job.is_alive() and "error" not in out, out.get("error")
+    r = out["result"]
+    assert r.interrupted and len(trace) < 200 * BASE["steps"]
+    batches = {n for n, _ in trace}
+    assert len(r.images) == len(batches) and trace[-1][0] == max(batches)
 
 
 def test_keyboard_interrupt_during_a_job_returns_what_finished(session):
@@ -150,12 +195,19 @@ def test_keyboard_interrupt_during_a_job_returns_what_finished(session):
 
 
 def test_skip_ends_the_current_batch_and_goes_on(session):
+    trace, skipped_at = [], {}
+
     def hook(state):
+        trace.append((state.extra["iteration"], state.i))
         if state.extra["iteration"] == 0 and state.i == 1:
+            skipped_at["x0"] = state.denoised.clone()
             session.skip()
 
     r = session.txt2img(**{**BASE, "n_iter": 2}, hooks=[hook])
-    assert not r.interrupted and len(r.images) == 2
+    assert trace == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3)]  # batch 1 ends after step 1; batch 2 runs
+    assert not r.interrupted and len(r.images) == 2 and r.seeds == [42, 43]
+    assert torch.equal(r.latents[0], skipped_at["x0"][0])  # the skipped batch keeps its current x0 estimate
+    assert torch.equal(r.latents[1], session.txt2img(**{**BASE, "seed": 43}).latents[0])  # the next is whole
 
 
 def test_invalid_params_fail_before_any_model_call(session):
