@@ -149,6 +149,20 @@ def test_nv_equals_cuda_torch_randn(shape):
     assert gen.randn((2, 2)).device.type == "cuda"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU source == NV)")
+def test_gpu_source_on_cuda_draws_what_nv_emulates():
+    kw = dict(shape=(4, 16, 12), seeds=[10, 11], subseeds=[20, 21], subseed_strength=0.3)
+    gpu, nv = ImageNoise(**kw, source="GPU", device="cuda"), ImageNoise(**kw, source="NV")
+    for _ in range(3):
+        a = gpu.next()
+        assert a.device.type == "cuda"
+        assert (a.cpu() - nv.next()).abs().max().item() < 1e-5
+    tree_gpu = BrownianNoise((4, 8, 8), [5, 6], 0.03, 14.6, source="GPU", device="cuda")
+    tree_nv = BrownianNoise((4, 8, 8), [5, 6], 0.03, 14.6, source="NV")
+    a, b = tree_gpu(torch.tensor(14.6), torch.tensor(7.0)), tree_nv(torch.tensor(14.6), torch.tensor(7.0))
+    assert (a - b).abs().max().item() < 1e-4
+
+
 # ------------------------------------------------------------------------------------------ parameters, jobs
 
 
