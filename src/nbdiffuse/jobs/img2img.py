@@ -144,10 +144,10 @@ def prepare_init_images(p: GenerationParams, init_images) -> tuple[GenerationPar
     images = [_as_image(im) for im in init_images]
     if not images:
         raise ValueError("img2img needs an init image: pass init_images=[PIL image, ...] (or file paths).")
-    small = [im.size for im in images if min(im.size) < 64]
+    small = [im.size for im in images if min(im.size) < 16]
     if p.resize_mode == 3 and small:
         raise ValueError(f"init_images: an image of {small[0][0]}x{small[0][1]} is too small for resize_mode=3 (latent "
-                         "upscale encodes it at its own size): give at least 64x64, or use resize_mode 0, 1 or 2.")
+                         "upscale encodes it at its own size): give at least 16x16, or use resize_mode 0, 1 or 2.")
     if len(images) > 1:
         if len(images) > p.batch_size:
             raise ValueError(f"img2img got {len(images)} init images but batch_size={p.batch_size}: pass "
