@@ -8,17 +8,25 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .io.infotext import build_fields, format, parse, png_info, read_png
+
+# A1111's parse reads a size only as WIDTHxHEIGHT; "Seed resize from: -1x-1" (off) is read too.
+_RE_SIZE = re.compile(r"^(-?\d+)x(-?\d+)$")
 
 __all__ = ["build_fields", "format", "parse", "png_info", "read_png", "to_params"]
 
 
 def _bool(v: Any) -> bool:
     if isinstance(v, str):
-        return v.strip().lower() in ("true", "1", "yes", "on")
+        word = v.strip().lower()
+        if word not in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            raise ValueError(word)
+        return word in ("true", "1", "yes", "on")
     return bool(v)
 
 
@@ -28,12 +36,24 @@ def _int(v: Any) -> int:
         try:
             return int(v)
         except ValueError:
-            return int(float(v))
+            v = float(v)  # "20.0", "1e3"; a number past float's range reads as inf
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(v)
     return int(v)
 
 
 def _float(v: Any) -> float:
-    return float(v.strip() if isinstance(v, str) else v)
+    x = float(v.strip() if isinstance(v, str) else v)
+    if not math.isfinite(x):
+        raise ValueError(x)
+    return x
+
+
+def _float_or_inf(v: Any) -> float:
+    x = float(v.strip() if isinstance(v, str) else v)
+    if math.isnan(x):
+        raise ValueError(x)
+    return x
 
 
 def _str(v: Any) -> str:
@@ -65,7 +85,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Eta": ("eta", _float),
     "Sigma churn": ("s_churn", _float),
     "Sigma tmin": ("s_tmin", _float),
-    "Sigma tmax": ("s_tmax", _float),
+    "Sigma tmax": ("s_tmax", _float_or_inf),  # inf: no upper bound, A1111's default
     "Sigma noise": ("s_noise", _float),
     "Hires upscale": ("hr_scale", _float),
     "Hires resize-1": ("hr_resize_x", _int),
@@ -79,6 +99,18 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Styles array": ("styles", _styles),
     "Emphasis": ("emphasis", _str),
 }
+
+
+# What each converter accepts, for the error message.
+_EXPECTED: dict[Callable[[Any], Any], str] = {
+    _int: "a whole number", _float: "a finite number", _float_or_inf: "a number (inf: no limit)",
+    _bool: "True or False", _styles: "a JSON list of style names",
+}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _sampler_and_scheduler(name: str, schedule: Any) -> tuple[str, str]:
@@ -98,14 +130,18 @@ def _sampler_and_scheduler(name: str, schedule: Any) -> tuple[str, str]:
     return sampler, "Automatic" if glued == SAMPLERS[sampler].default_scheduler else glued
 
 
-def to_params(text_or_dict: str | Mapping[str, Any], styles: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def to_params(text_or_dict: str | bytes | Mapping[str, Any], styles: Mapping[str, Any] | None = None
+              ) -> dict[str, Any]:
     """Map an infotext (text, or :func:`parse`'s dict) onto ``Session.txt2img`` / A1111 API fields.
 
     Only keys present in the infotext appear in the result (plus ``scheduler`` with a sampler,
     ``enable_hr`` with hires keys, and always ``randn_source``: a missing ``RNG`` means A1111's default "GPU").
     Values are converted to int/float/bool/list; keys the API has no
     field for (Model, Model hash, Version, Lora hashes, ...) are left out.
-    Raises ``ValueError`` for a value that cannot be converted (``Steps: many``).
+    Raises ``ValueError`` naming the key for a value that cannot be converted (``Steps: many``, ``Seed: inf``,
+    ``CFG scale: nan``, ``Size: 64``: A1111 reads a size only as ``WIDTHxHEIGHT``), never dropping it; the ranges
+    (``Steps: 1e9``) are checked by ``txt2img`` and the panel before any model work. Bytes are read as
+    :func:`parse` reads them (UTF-8, or UTF-16 with a byte order mark).
 
     The values are A1111's reading of the text (:func:`parse`): a pre-1.0 ``First pass size`` gives the first
     pass as ``width``/``height`` and the old ``Size`` as ``hr_resize_x``/``hr_resize_y`` with ``enable_hr``;
@@ -117,22 +153,34 @@ def to_params(text_or_dict: str | Mapping[str, Any], styles: Mapping[str, Any] |
     paste does, and returned in ``styles``; without it ``styles`` is left out, so the styled prompt alone
     reproduces the image.
     """
-    res = parse(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
-    # A parsed dict from elsewhere may hold "Size: 512x768" without the split keys.
+    if isinstance(text_or_dict, str | bytes | bytearray):
+        res = parse(text_or_dict)
+    elif isinstance(text_or_dict, Mapping):
+        res = dict(text_or_dict)
+    else:
+        raise TypeError(f"to_params takes an infotext (str or bytes) or parse()'s dict, not "
+                        f"{type(text_or_dict).__name__}.")
+    # A size parse could not split (A1111 skips it and keeps the size it had: a different picture), or one in a
+    # parsed dict from elsewhere.
     for key in ("Size", "Seed resize from", "Hires resize"):
         value = res.get(key)
-        if isinstance(value, str) and f"{key}-1" not in res:
-            w, sep, h = value.strip().partition("x")
-            if sep and w.isdigit() and h.isdigit():
-                res[f"{key}-1"], res[f"{key}-2"] = w, h
+        if value in (None, "") or f"{key}-1" in res:
+            continue
+        m = _RE_SIZE.match(value.strip()) if isinstance(value, str) else None
+        if m is None:
+            raise ValueError(f"Infotext {key}: {_shown(value)} is not a size: write it as WIDTHxHEIGHT, "
+                             f"like {key}: 512x768 (A1111 reads no other form).")
+        res[f"{key}-1"], res[f"{key}-2"] = m.groups()
 
     params: dict[str, Any] = {}
     for key, (name, convert) in _FIELDS.items():
         if key in res and res[key] is not None:
             try:
                 params[name] = convert(res[key])
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"Infotext {key}: {res[key]!r} is not a valid value for {name}.") from e
+            except (TypeError, ValueError, OverflowError) as e:
+                expected = _EXPECTED.get(convert, "a valid value")
+                raise ValueError(f"Infotext {key}: {_shown(res[key])} is not a valid value for {name}: it must be "
+                                 f"{expected}.") from e
 
     if res.get("Sampler"):
         params["sampler_name"], params["scheduler"] = _sampler_and_scheduler(

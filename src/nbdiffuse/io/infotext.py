@@ -12,13 +12,16 @@ Pure string and PNG helpers (no torch, nothing else from nbdiffuse). The layout 
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["A1111_DEFAULTS", "CORE_ORDER", "build_fields", "format", "format_value", "parse", "png_info", "read_png"]
+__all__ = [
+    "A1111_DEFAULTS", "CORE_ORDER", "build_fields", "decode", "format", "format_value", "parse", "png_info", "read_png",
+]
 
 # A1111's key order for the fields it always knows about (processing.create_infotext). Keys that are
 # not core (Hires ..., Lora hashes, Schedule type when it is not in core, ...) follow in insertion order,
@@ -32,7 +35,15 @@ CORE_ORDER: tuple[str, ...] = (
 )
 TAIL_ORDER: tuple[str, ...] = ("Version", "User")
 
-_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# A1111's pair regex is r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)'. Its findall is quadratic: at every
+# position of a long run of key characters ([\w \-/]) it scans to the end of the run before failing for want of a
+# ":". _param_pairs finds exactly the same pairs in linear time with two regexes:
+# - a key starts at the first \w of a run of key characters (after any " ", "-", "/") whose end is a ":", with at
+#   least two characters before it (\s and \w share no character, and A1111's leading \s* only moves the start);
+#   the look-behind starts one attempt per run, not one per character;
+# - the value is A1111's, its quoted alternative unrolled so that the regex engine repeats one character class.
+_RE_KEY = re.compile(r"(?<![\w \-/])[ \-/]*(\w[\w \-/]+):")
+_RE_VALUE = re.compile(r'\s*("(?:[^\\"]|\\.)[^\\"]*(?:\\.[^\\"]*)*"|[^,]*)(?:,|$)')
 _RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
 _NEGATIVE = "Negative prompt:"
 
@@ -164,7 +175,44 @@ def _first_pass_size(width: int, height: int) -> tuple[int, int]:
     return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
 
 
-def parse(text: str, *, defaults: bool = False) -> dict[str, Any]:
+def decode(text: str | bytes | bytearray) -> str:
+    """An infotext as ``str``: a str as it is; bytes as UTF-8, or UTF-16 after a byte order mark, or as an EXIF
+    ``UserComment`` (``UNICODE``/``ASCII`` prefix, as :func:`read_png` reads it).
+
+    Raises ``ValueError`` for bytes that are none of these (decode them yourself: a raw PNG ``tEXt`` chunk is
+    Latin-1) and ``TypeError`` for anything else.
+
+    >>> decode("Steps: 20".encode("utf-16"))
+    'Steps: 20'
+    """
+    if isinstance(text, str):
+        return text
+    if not isinstance(text, bytes | bytearray):
+        raise TypeError(f"An infotext is a str (or bytes), not {type(text).__name__}: {text!r:.80}")
+    data = bytes(text)
+    if data[:8] in (b"UNICODE\x00", b"ASCII\x00\x00\x00"):
+        return _decode_user_comment(data) or ""
+    encoding = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"These infotext bytes are not {encoding.replace('-sig', '')} text ({e.reason} at byte "
+                         f"{e.start}): decode them first, e.g. parse(data.decode('latin-1')) for a PNG tEXt chunk."
+                         ) from None
+
+
+def _param_pairs(line: str) -> list[tuple[str, str]]:
+    """``(key, value)`` pairs as A1111's pair regex finds them in ``line`` (its ``findall``), in linear time."""
+    pairs = []
+    pos = 0
+    while (key := _RE_KEY.search(line, pos)) is not None:
+        value = _RE_VALUE.match(line, key.end())  # never fails: [^,]* runs to a "," or the end
+        pairs.append((key.group(1), value.group(1)))
+        pos = value.end()  # a "," or the end: no run of key characters goes on across it
+    return pairs
+
+
+def parse(text: str | bytes, *, defaults: bool = False) -> dict[str, Any]:
     """Read an infotext exactly as A1111's ``parse_generation_parameters`` does (1.10, default settings).
 
     Returns ``Prompt``, ``Negative prompt`` and every ``Key: value`` of the parameter line, as strings.
@@ -182,17 +230,18 @@ def parse(text: str, *, defaults: bool = False) -> dict[str, Any]:
     Beyond A1111, a ``WxH`` value is also kept whole under its key (``"Size": "512x768"``; after the hires
     move ``Size`` and ``Hires resize`` describe the moved values). With ``defaults=True`` the result is
     exactly A1111's dict instead, key for key and in its order: no whole ``WxH`` keys, and A1111's values
-    for missing keys (:data:`A1111_DEFAULTS`, ``Emphasis``). Never raises on a str.
+    for missing keys (:data:`A1111_DEFAULTS`, ``Emphasis``). Never raises on a str; takes time linear in its
+    length. Bytes are decoded (:func:`decode`).
 
     >>> parse("a cat\\nSteps: 20, Sampler: Euler a, CFG scale: 7, Size: 512x768")["Size-2"]
     '768'
     """
     res: dict[str, Any] = {}
-    *lines, lastline = str(text).strip().split("\n")
-    # Each pair needs a ":"; the count check also spares the regex's quadratic scan of long prompts.
-    if lastline.count(":") < 3 or len(_RE_PARAM.findall(lastline)) < 3:
+    *lines, lastline = decode(text).strip().split("\n")
+    pairs = _param_pairs(lastline)
+    if len(pairs) < 3:
         lines.append(lastline)
-        lastline = ""
+        pairs = []
 
     prompt = negative = ""
     done_with_prompt = False
@@ -208,7 +257,7 @@ def parse(text: str, *, defaults: bool = False) -> dict[str, Any]:
             prompt += ("\n" if prompt else "") + line
 
     whole: set[str] = set()  # keys holding our whole "WxH" value (A1111 keeps only Key-1 / Key-2)
-    for key, value in _RE_PARAM.findall(lastline):
+    for key, value in pairs:
         if not value:
             continue  # A1111 fails on v[0] and skips the pair
         value = _unquote(value)
