@@ -1,4 +1,7 @@
-"""Every notebook in notebooks/ runs top to bottom (they are the user's documentation)."""
+"""Every notebook in notebooks/ runs top to bottom (they are the user's documentation).
+
+Each notebook asserts, in its own cells, what its text claims (same pixels, same latents, the numbers it
+quotes), so a notebook that runs but says something false fails here."""
 
 from pathlib import Path
 
