@@ -138,3 +138,19 @@ def test_the_same_lora_tag_twice_with_the_same_weight_is_one_lora(models_session
     once = s.txt2img(prompt="a red circle <lora:detail:0.8>", **BASE)
     twice = s.txt2img(prompt="a red circle <lora:detail:0.8> <lora:detail:0.8>", **BASE)
     assert torch.equal(once.latents, twice.latents)
+
+
+def test_a_misspelt_or_unusable_embedding_is_named_not_silently_read_as_text(models_session):
+    s, root = models_session
+    with pytest.warns(UserWarning, match=r"negative_prompt: 'shinystyl' is not an embedding \(read as plain text\); "
+                                         r"did you mean 'shinystyle'\?"):
+        s.txt2img(prompt="a red circle", **{**BASE, "negative_prompt": "shinystyl"})
+    torch.save({"string_to_param": {"*": torch.randn(1, 768)}}, root / "embeddings" / "widestyle.pt")  # SD2/SDXL width
+    s.load(s.model)  # the folder is read again with the model
+    with pytest.warns(UserWarning, match=r"prompt: Embedding 'widestyle' is not used: .*read as plain text"):
+        s.txt2img(prompt="a widestyle circle", **BASE)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the real name, and ordinary words, say nothing
+        s.txt2img(prompt="a shinystyle red circle with shiny style", **BASE)

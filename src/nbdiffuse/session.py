@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import functools
 import gc
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -392,6 +393,11 @@ class Session:
                 raise ValueError(f"clip_skip={p.clip_skip} is not valid: this model's text encoder has {layers} "
                                  f"layers, so it must be between 1 and {layers} (1 = the last layer, 2 is common).")
         _check_emphasis(p)
+        embeddings = getattr(self.encoder, "embeddings", None)
+        if embeddings is not None and hasattr(embeddings, "unused_names"):
+            for name in ("prompt", "negative_prompt"):
+                for note in embeddings.unused_names(getattr(p, name)):
+                    warnings.warn(f"{name}: {note}", stacklevel=4)
         if self.encoder is not None:
             self.encoder.emphasis = p.emphasis
         return p

@@ -216,6 +216,28 @@ class EmbeddingDB:
     def get(self, name: str) -> Embedding | None:
         return self.embeddings.get(name)
 
+    def unused_names(self, text: str) -> list[str]:
+        """Why words of ``text`` that look meant as embeddings will be read as plain text (A1111 says nothing):
+        the name of an embedding that does not fit the model, or a near miss of a loaded one's name.
+
+        >>> db.unused_names("easynegativ, blurry")                       # doctest: +SKIP
+        ["'easynegativ' is not an embedding (read as plain text); did you mean 'easynegative'?"]
+        """
+        import difflib
+        import re
+
+        notes = []
+        for word in dict.fromkeys(re.findall(r"[\w\-]+", text)):
+            if word in self.embeddings:
+                continue
+            if word in self.skipped:
+                notes.append(f"Embedding {word!r} is not used: {self.skipped[word]}; it is read as plain text.")
+                continue
+            close = difflib.get_close_matches(word, list(self.embeddings), n=1, cutoff=0.85) if len(word) >= 5 else []
+            if close:
+                notes.append(f"{word!r} is not an embedding (read as plain text); did you mean {close[0]!r}?")
+        return notes
+
     def bound(self, widths: tuple[int, ...]) -> EmbeddingDB:
         """This database checked against ``widths``: itself when already checked against them, else a filtered
         copy (cached until this database changes)."""
