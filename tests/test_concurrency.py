@@ -114,3 +114,42 @@ def test_a_probe_holds_the_session_against_other_threads_only(session):
     thread.join(60)
     assert len(done) == 1
     assert {name: dict(steps) for name, steps in probe.activations.items()}.keys() == captured.keys()
+
+
+def test_two_lora_jobs_from_two_threads_leave_the_model_as_it_was(sd1, tmp_path):
+    from safetensors.torch import save_file
+
+    from nbdiffuse import Session
+
+    root = tmp_path / "webui"
+    (root / "models" / "Lora").mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    save_file({f"{key}.lora_down.weight": torch.randn(4, 32, generator=g) * 0.5,
+               f"{key}.lora_up.weight": torch.randn(32, 4, generator=g) * 0.5, f"{key}.alpha": torch.tensor(4.0)},
+              str(root / "models" / "Lora" / "detail.safetensors"))
+    s = Session(outputs_dir=None, progress=False, models_dir=root)
+    s.load(sd1)
+    weights = {k: v.clone() for k, v in s.model.unet.state_dict().items()}
+    jobs = {"a": dict(PLAIN, prompt="a red circle <lora:detail:0.8>"),
+            "b": dict(PLAIN, prompt="a red circle <lora:detail:-0.5>", seed=9)}
+    alone = {name: s.txt2img(**params).latents for name, params in jobs.items()}
+    results, errors = {}, []
+
+    def run(name):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results[name] = s.txt2img(**jobs[name]).latents
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert all(torch.equal(results[name], alone[name]) for name in jobs)
+    assert all(torch.equal(weights[k], v) for k, v in s.model.unet.state_dict().items())
+    assert s.model.applied_loras == []
