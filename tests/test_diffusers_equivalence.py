@@ -154,17 +154,20 @@ def step_generator(seed: int = SEED) -> torch.Generator:
 
 
 def run_diffusers(bundle, session, sched, steps: int | None, sigma0: float, *, vp: bool, eta: float = 0.0,
-                  prompt: str = PROMPT, negative: str = NEGATIVE, sigmas=None, callback=None) -> torch.Tensor:
+                  prompt: str = PROMPT, negative: str = NEGATIVE, sigmas=None, callback=None,
+                  latents: torch.Tensor | None = None) -> torch.Tensor:
     """The pipeline's final latent, started from our starting latent ``start_noise() * sigma0``.
 
     ``vp``: the scheduler works in ``x / sqrt(1 + sigma^2)`` (DDIM, DPM-Solver, UniPC), else in our variable.
-    ``sigmas``: custom sigmas (the pipeline's ``sigmas=`` argument) instead of ``steps``.
+    ``sigmas``: custom sigmas (the pipeline's ``sigmas=`` argument) instead of ``steps``. ``latents``: the
+    pipeline's starting latents as they are, instead.
     """
     pipe = make_pipeline(bundle, sched)
     timing = {"sigmas": list(map(float, sigmas))} if sigmas is not None else {"num_inference_steps": steps}
     sched.set_timesteps(**timing)  # to read init_noise_sigma; the pipeline sets the same timesteps again
     x = start_noise() * sigma0
-    latents = x / math.sqrt(1 + sigma0**2) if vp else x / sched.init_noise_sigma
+    if latents is None:
+        latents = x / math.sqrt(1 + sigma0**2) if vp else x / sched.init_noise_sigma
     extra = {"eta": eta} if eta else {}
     if callback is not None:
         extra["callback_on_step_end"] = callback
@@ -234,10 +237,7 @@ TXT2IMG_CASES = {
     "sd1-DPM2 a-Uniform": ("sd1", "DPM2 a", "Uniform", 9, KDPM2AncestralDiscreteScheduler, LEADING_111, K, {}),
     # Simple (every 1000/n-th table entry from the top) = diffusers' trailing spacing when n divides 1000.
     "sd1-DPM++ 2M-Simple": ("sd1", "DPM++ 2M", "Simple", 10, DPMSolverMultistepScheduler, DPMPP_2M, VP, {}),
-    # DDIM schedule (table entries 1, 101, ..., 901) = leading spacing with steps_offset 1; A1111's last step
-    # goes to sigma 0, which is diffusers' set_alpha_to_one=True.
-    "sd1-DDIM-DDIM": ("sd1", "DDIM", "DDIM", 10, DDIMScheduler, DDIM, VP, {}),
-    "sd1-DDIM-DDIM-eta1": ("sd1", "DDIM", "DDIM", 10, DDIMScheduler, DDIM, VP, {"eta": 1.0}),
+    # (DDIM: see test_ddim_txt2img_matches_diffusers_ddim_until_timestep_1 below.)
     "sd2-Euler-Karras": ("sd2", "Euler", "Karras", 10, EulerDiscreteScheduler, KARRAS, K, {}),
     "sd2-DPM++ 2M-Simple": ("sd2", "DPM++ 2M", "Simple", 10, DPMSolverMultistepScheduler, DPMPP_2M, VP, {}),
     "sdxl-Euler-Karras": ("sdxl", "Euler", "Karras", 10, EulerDiscreteScheduler, KARRAS, K, {}),
@@ -276,9 +276,36 @@ def test_euler_with_any_of_our_schedules_through_the_pipeline_sigmas_argument(se
 UNIPC_A1111 = {"solver_order": 3, "solver_type": "bh1", "lower_order_final": True, **TRAILING}
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_txt2img_matches_diffusers_ddim_until_timestep_1(sessions, eta):
+    """``Session.txt2img`` with DDIM runs A1111's grid: at 10 steps timesteps 901, 801, ..., 101 -> 1 (9 steps, 9
+    model calls), from the noise itself (VP), ending at timestep 1 without a step to sigma 0. diffusers'
+    DDIMScheduler with leading spacing and steps_offset 1 has the same timesteps and then one more step (1 ->
+    alpha 1): its latent after the 9th step, from the same start, is ours. With eta 1 both draw one noise per step
+    from the image's generator (ours) / the pipeline's generator advanced past the initial draw (diffusers)."""
+    from nbdiffuse.sampling.schedules import a1111_timesteps
+
+    session = sessions["sd1"]
+    bundle = session.model
+    sched = make_scheduler(DDIMScheduler, bundle, **DDIM)
+    theirs_steps = []
+
+    def callback(pipe, i, t, kwargs):
+        theirs_steps.append(kwargs["latents"].clone())
+        return kwargs
+
+    run_diffusers(bundle, session, sched, 10, 1.0, vp=VP, eta=eta, callback=callback, latents=start_noise())
+    assert sched.timesteps.tolist() == a1111_timesteps(10)[::-1]
+    r = session.txt2img(prompt=PROMPT, negative_prompt=NEGATIVE, steps=10, sampler_name="DDIM", cfg_scale=CFG,
+                        seed=SEED, width=64, height=64, eta=eta)
+    assert r.timings["model_calls"] == 9
+    assert_close(r.latents, theirs_steps[8], f"DDIM eta {eta}, after timestep 101 -> 1")
+
+
 def test_unipc_a1111_defaults_match_diffusers_step_by_step(sessions):
-    """UniPC with A1111's settings (bh1, order 3, lower_order_final), through ``Session.txt2img``, on Simple =
-    UniPCMultistepScheduler with trailing spacing (timesteps 999, 899, ..., 99, then sigma 0).
+    """Our UniPC with A1111's settings (bh1, order 3, lower_order_final), on Simple sigmas, against
+    UniPCMultistepScheduler with trailing spacing (timesteps 999, 899, ..., 99, then sigma 0). At the sampler level:
+    the jobs run UniPC on A1111's own grid instead (checked against A1111 in test_timestep_samplers_a1111.py).
 
     diffusers' bh1 update onto sigma 0 is ``x0 - (-inf) * 0`` = NaN (h = inf), so its final latent is NaN; ours
     takes that step at order 1, whose limit is the denoised prediction. So: every step before the last is
@@ -300,15 +327,13 @@ def test_unipc_a1111_defaults_match_diffusers_step_by_step(sessions):
     run_diffusers(bundle, session, sched, steps, float(sigmas[0]), vp=VP, callback=callback)
     assert_same_sigmas(sched, sigmas, "UniPC Simple")
     ours_steps = []
-    r = session.txt2img(prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, sampler_name="UniPC",
-                        scheduler="Simple", cfg_scale=CFG, seed=SEED, width=64, height=64,
-                        hooks=[lambda state: ours_steps.append(state.x.clone())])
+    ours = run_our_sampler(session, ts.sample_unipc, sigmas, on_step=lambda state: ours_steps.append(state.x))
     assert len(ours_steps) == len(theirs_steps) == steps
     for i in range(steps - 1):
         vp_scale = math.sqrt(1 + float(sigmas[i + 1]) ** 2)
         assert_close(ours_steps[i] / vp_scale, theirs_steps[i], f"UniPC step {i + 1}")
     assert not torch.isfinite(theirs_steps[-1]).any()  # if diffusers fixes this, compare the final latent too
-    assert_close(r.latents, sched.model_outputs[-1], "UniPC final x0")
+    assert_close(ours, sched.model_outputs[-1], "UniPC final x0")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -330,9 +355,10 @@ class RoundedDenoiser(Denoiser):
         return t.round() if self.calls % self.every == 0 else t
 
 
-def run_our_sampler(session, func, sigmas: torch.Tensor, *, denoiser: Denoiser | None = None, **options):
+def run_our_sampler(session, func, sigmas: torch.Tensor, *, denoiser: Denoiser | None = None, on_step=None,
+                    **options):
     """Our sampler function over ``sigmas`` with txt2img's guidance, start latent and plain per-step noise
-    (the image generator's next draw each time the sampler asks)."""
+    (the image generator's next draw each time the sampler asks); ``on_step`` sees every StepState."""
     bundle, enc = session.model, session.encoder
     denoiser = denoiser or Denoiser(bundle.unet, bundle.alphas_cumprod, bundle.prediction_type)
     n = len(sigmas) * 2
@@ -344,7 +370,9 @@ def run_our_sampler(session, func, sigmas: torch.Tensor, *, denoiser: Denoiser |
     gen = func(guider, x, sigmas, noise=lambda sigma, sigma_next: rng.next(), **options)
     try:
         while True:
-            next(gen)
+            state = next(gen)
+            if on_step is not None:
+                on_step(state)
     except StopIteration as stop:
         return stop.value
 

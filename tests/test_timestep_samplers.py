@@ -509,3 +509,138 @@ def test_sending_back_the_same_latent_changes_nothing(name):
     plain, _ = run(SAMPLERS[name](_AnySigmaModel(), x.clone(), sigmas))
     echoed, _ = run(SAMPLERS[name](_AnySigmaModel(), x.clone(), sigmas), replace=lambda st: st.x)
     assert torch.equal(plain, echoed)
+
+
+# --------------------------------------------------------------------------------------- the jobs: A1111's way
+# What the driver (run_pass) does around these samplers, against A1111's formulas computed here from
+# alphas_cumprod (sd_samplers_timesteps.sample / sample_img2img); the whole chain against A1111's own code is in
+# tests/test_timestep_samplers_a1111.py.
+
+
+def _recording_spec(name):
+    """SAMPLERS[name] with a sampler that records its input latent and sigmas and returns a known latent."""
+    import dataclasses
+
+    from nbdiffuse.sampling.registry import SAMPLERS
+
+    seen = {}
+
+    def sampler(model, x, sigmas, *, noise=None, **options):
+        seen.update(x=x.clone(), sigmas=sigmas.clone())
+        if False:  # a generator that takes no step
+            yield
+        return torch.full_like(x, 2.0)
+
+    return dataclasses.replace(SAMPLERS[name], func=sampler, options={}), seen
+
+
+@pytest.mark.parametrize("name", ["DDIM", "UniPC"])
+@pytest.mark.parametrize("extra", [0.0, 0.3])
+def test_driver_starts_from_a1111s_vp_latent_and_returns_the_last_latent_in_vp_scale(sd1, name, extra):
+    from nbdiffuse.jobs.img2img import img2img_noise_sigma, img2img_sigmas
+    from nbdiffuse.jobs.params import GenerationParams
+    from nbdiffuse.jobs.txt2img import PassPlan, plan_pass, run_pass
+    from nbdiffuse.prompts.conditioning import TextEncoder
+    from nbdiffuse.sampling.denoiser import Denoiser
+    from nbdiffuse.sampling.noise import randn
+
+    spec, seen = _recording_spec(name)
+    p = GenerationParams(prompt="a", steps=8, width=64, height=64, sampler_name=name, denoising_strength=0.6,
+                         extra_noise=extra)
+    enc = TextEncoder(sd1)
+    noise = torch.stack([randn(7, (4, 8, 8)), randn(8, (4, 8, 8))])
+    init = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    ac = sd1.alphas_cumprod.double()
+    ts = [1, 126, 251, 376, 501, 626, 751, 876]  # A1111's timesteps for 8 steps
+
+    def outcome(sigmas, noise_sigma, init_latent):
+        base = plan_pass(sd1, p, enc, "a", "", sigmas)
+        plan = PassPlan(spec, {}, base.sigmas, base.conds, base.uncond, base.empty, 7.0, base.time_ids,
+                        noise_sigma=noise_sigma)
+        return run(run_pass(plan, Denoiser(sd1.unet, sd1.alphas_cumprod), p, [7, 8], [3, 4], (4, 8, 8),
+                            init=init_latent, extra_noise=extra))[0].x
+
+    # txt2img: A1111 samples from x = noise (VP); our sampler gets noise * sqrt(1 + sigma0^2) = noise / sqrt(abar)
+    sigmas = spec.grid(8, sd1.sigmas).sigmas
+    out = outcome(sigmas, None, None)
+    t0 = ts[-1] if name == "DDIM" else 999
+    assert torch.allclose(seen["x"].double(), noise.double() / ac[t0].sqrt(), rtol=1e-5)
+    last = float(sigmas[-1])
+    assert torch.allclose(out, torch.full_like(out, 2.0) / math.sqrt(1 + last**2), rtol=1e-6)
+    # img2img: xi = init sqrt(abar_T) + noise sqrt(1 - abar_T) + noise * extra * sqrt(abar_T), T = ts[t_enc] (501),
+    # while sampling starts one grid point lower (DDIM: timestep 376; UniPC: t = 0.377, i.e. timestep 376)
+    sigmas = img2img_sigmas("Automatic", 8, 0.6, sd1, spec)
+    noise_sigma = img2img_noise_sigma(8, 0.6, sd1, spec)
+    assert noise_sigma == pytest.approx(float(sd1.sigmas[501]))
+    outcome(sigmas, noise_sigma, init)
+    a = ac[501]
+    xi = init.double() * a.sqrt() + noise.double() * (1 - a).sqrt() + noise.double() * extra * a.sqrt()
+    a_start = 1 / (1 + float(sigmas[0]) ** 2)
+    assert a_start == pytest.approx(float(ac[376]), rel=1e-6)
+    assert torch.allclose(seen["x"].double(), xi / math.sqrt(a_start), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["DDIM", "DDIM CFG++", "PLMS", "UniPC"])
+def test_timestep_samplers_ignore_the_schedule_type(sd1, name):
+    from nbdiffuse.jobs.params import GenerationParams
+    from nbdiffuse.jobs.txt2img import txt2img_steps
+    from nbdiffuse.prompts.conditioning import TextEncoder
+
+    enc = TextEncoder(sd1)
+    out = {}
+    for scheduler in ("Automatic", "Karras", "Uniform"):
+        p = GenerationParams(prompt="a", steps=4, width=64, height=64, seed=3, sampler_name=name,
+                             scheduler=scheduler)
+        out[scheduler] = run(txt2img_steps(sd1, p, enc))[0].latents
+    assert torch.equal(out["Automatic"], out["Karras"]) and torch.equal(out["Automatic"], out["Uniform"])
+
+
+def test_img2img_at_denoising_zero_decodes_the_lightly_noised_init_like_a1111(sd1):
+    """t_enc 0: A1111 runs no DDIM step and returns the init noised to timestep 1; t_enc 1 likewise (noised to the
+    second timestep). UniPC, where A1111 fails (IndexError / order assertion), runs what it can."""
+    from nbdiffuse.jobs.img2img import img2img_grid
+    from nbdiffuse.sampling.registry import SAMPLERS
+
+    for name in ("DDIM", "PLMS", "UniPC"):
+        spec = SAMPLERS[name]
+        g0 = img2img_grid(8, 0.0, sd1, spec)
+        assert len(g0.sigmas) == 1 and g0.noise_sigma == pytest.approx(float(sd1.sigmas[1]))
+    g1 = img2img_grid(8, 0.125, sd1, SAMPLERS["DDIM"])  # t_enc 1
+    assert len(g1.sigmas) == 1 and g1.noise_sigma == pytest.approx(float(sd1.sigmas[126]))
+    assert len(img2img_grid(8, 0.25, sd1, SAMPLERS["UniPC"]).sigmas) == 3  # t_enc 2: two steps (A1111 refuses)
+
+
+# ------------------------------------------------------------------------------------------------ toy model
+
+
+@pytest.fixture(scope="module")
+def toy_session():
+    from nbdiffuse import Session
+
+    s = Session(outputs_dir=None, progress=False)
+    s.load("toy")
+    return s
+
+
+TOY = dict(prompt="a red circle on a blue background", negative_prompt="blurry", seed=1234, cfg_scale=7,
+           width=64, height=64)
+
+
+@pytest.mark.parametrize("sampler", ["UniPC", "DDIM", "DDIM CFG++"])
+@pytest.mark.parametrize("steps", [10, 20])
+def test_toy_model_draws_a_clean_red_circle(toy_session, sampler, steps):
+    from nbdiffuse.toy.checker import check
+
+    found = check(toy_session.txt2img(**TOY, sampler_name=sampler, steps=steps).images[0])
+    assert (found["colour"], found["shape"], found["count"], found["background"]) == \
+        ("red", "circle", 1, ["blue"]), found
+
+
+def test_plms_needs_about_fifty_steps_on_the_toy_model(toy_session):
+    """The model card's claim (as A1111's PLMS behaves): no red circle at 20 steps, a clean one at 50."""
+    from nbdiffuse.toy.checker import check
+
+    at_20 = check(toy_session.txt2img(**TOY, sampler_name="PLMS", steps=20).images[0])
+    at_50 = check(toy_session.txt2img(**TOY, sampler_name="PLMS", steps=50).images[0])
+    assert (at_20["colour"], at_20["shape"]) != ("red", "circle")
+    assert (at_50["colour"], at_50["shape"], at_50["count"]) == ("red", "circle", 1)

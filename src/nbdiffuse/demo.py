@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     session.load("toy")
     print(f"{session}  ({session.model.info['report']})")
     last = None
+    # No PLMS: on the toy model at CFG 7 it needs ~50 steps (as in A1111; see toy/MODEL_CARD.md).
     for sampler in ("DPM++ 2M", "Euler a", "DPM++ 2M SDE", "DDIM", "UniPC"):
         result = session.txt2img(prompt="a red circle on a blue background", negative_prompt="blurry",
                                  sampler_name=sampler, steps=args.steps, seed=1234, width=64, height=64)

@@ -11,6 +11,9 @@ The story of one batch (A1111 ``StableDiffusionProcessingTxt2Img.sample_hr_pass`
 5. An img2img pass of ``hr_second_pass_steps`` (0: ``steps``) steps: a schedule of ``int(steps / min(denoise,
    0.999))`` steps of which the last ``steps`` run, from ``x = latents + noise * sigma0 (+ noise * extra_noise)``,
    with the hires prompt (``hr_prompt``, default the prompt) whose ``[a:b:N]`` fractions run from 1 to 2.
+   A timestep sampler (DDIM, DDIM CFG++, PLMS, UniPC) runs A1111's img2img on its own grid instead
+   (:func:`~nbdiffuse.jobs.img2img.img2img_grid` with ``t_enc = steps - 1``): DDIM and PLMS ``steps - 1`` steps,
+   UniPC ``steps - 1`` from ``t_start``.
 
 Deviation from A1111, output format kept: with ``denoising_strength=0`` A1111 asks for a 0-step schedule and
 fails; here the second pass is skipped and the upscaled latents are decoded as they are.
@@ -30,7 +33,7 @@ from ..prompts.parser import Style
 from ..sampling.base import StepState
 from ..sampling.denoiser import Denoiser
 from ..sampling.registry import SAMPLERS
-from .img2img import img2img_schedule, img2img_sigmas
+from .img2img import img2img_noise_sigma, img2img_schedule, img2img_sigmas
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
@@ -95,7 +98,8 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
     hires_total = steps * 2 if spec2.second_order else steps
     plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, sampler_name=spec2.name,
                      size=p.hr_upscale_to, schedule_steps=first_total, hires_steps=hires_total, name="hires",
-                     tree_sigmas=whole)
+                     tree_sigmas=whole,
+                     noise_sigma=img2img_noise_sigma(steps, denoising, bundle, spec2, fixed_steps=True))
     return HiresPlan(bundle, plan, denoising, p.hr_upscaler or "Latent", p.hr_upscale_to, p.hr_truncate, steps)
 
 

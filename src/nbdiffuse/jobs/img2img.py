@@ -8,6 +8,8 @@ mean, see :func:`~nbdiffuse.jobs.txt2img.encode`), noised to the schedule's star
   schedule the last ``t_enc + 1`` steps run (``sigmas[steps - t_enc - 1:]``). So ``denoising_strength=1`` runs
   all ``steps`` steps from almost pure noise and 0 still runs one step at the smallest sigma.
 * ``x = init + noise * sigma0``, plus ``noise * extra_noise`` (the same noise tensor) when ``extra_noise > 0``.
+* The timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC) follow A1111's ``sample_img2img`` on their own grid
+  instead: see :func:`img2img_grid`.
 * Noise from one CPU generator per image seed (``seed + i``), as in txt2img.
 
 Batches (A1111 ``StableDiffusionProcessingImg2Img.init``): one init image is repeated ``batch_size`` times; ``k``
@@ -32,7 +34,7 @@ from ..sampling.base import StepState
 from ..sampling.denoiser import Denoiser
 from ..sampling.noise import fix_seed, image_seeds
 from ..sampling.registry import SAMPLERS
-from ..sampling.schedules import compute_sigmas
+from ..sampling.schedules import TimestepGrid, compute_sigmas
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
@@ -73,10 +75,12 @@ def img2img_step_counts(steps: int, denoising: float, fixed_steps: bool = False)
 def img2img_sigmas(scheduler: str, steps: int, denoising: float, bundle, spec, *,
                    fixed_steps: bool = False) -> torch.Tensor:
     """The sigmas an img2img (or, with ``fixed_steps``, hires) pass runs: ``compute_sigmas(total)[total - t_enc
-    - 1:]`` (k-diffusion's rule, used for every sampler; the timestep samplers here work in the same sigma
-    space). With ``fixed_steps`` and ``denoising=0`` it is ``[0]``: nothing to run."""
+    - 1:]`` (k-diffusion's rule), or for the timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC) the sigmas of
+    :func:`img2img_grid`. With ``fixed_steps`` and ``denoising=0`` it is ``[0]``: nothing to run."""
     if fixed_steps and denoising == 0:
         return torch.zeros(1)
+    if spec.grid is not None:
+        return img2img_grid(steps, denoising, bundle, spec, fixed_steps=fixed_steps).sigmas
     total, t_enc = img2img_step_counts(steps, denoising, fixed_steps)
     return img2img_schedule(scheduler, steps, denoising, bundle, spec, fixed_steps=fixed_steps)[total - t_enc - 1:]
 
@@ -88,8 +92,27 @@ def img2img_schedule(scheduler: str, steps: int, denoising: float, bundle, spec,
     if fixed_steps and denoising == 0:
         return torch.zeros(1)
     total, _ = img2img_step_counts(steps, denoising, fixed_steps)
+    if spec.grid is not None:
+        return spec.grid(total, bundle.sigmas).sigmas
     return compute_sigmas(scheduler, total, bundle.sigmas, arch=bundle.arch,
                           discard_penultimate=spec.discard_penultimate)
+
+
+def img2img_grid(steps: int, denoising: float, bundle, spec, *, fixed_steps: bool = False) -> TimestepGrid:
+    """A timestep sampler's img2img (or, with ``fixed_steps``, hires) pass, as A1111's ``sample_img2img`` runs it:
+    ``spec.grid(total, t_enc=t_enc)`` with :func:`img2img_step_counts`. The init latents are noised to the grid's
+    ``noise_sigma`` (the timestep at index ``t_enc``), and sampling starts one grid point lower, at ``sigmas[0]``:
+    DDIM and PLMS run ``t_enc - 1`` steps, UniPC ``t_enc`` (``denoising_strength=0.6`` at 8 steps: 3 and 4)."""
+    total, t_enc = img2img_step_counts(steps, denoising, fixed_steps)
+    return spec.grid(total, bundle.sigmas, t_enc=t_enc)
+
+
+def img2img_noise_sigma(steps: int, denoising: float, bundle, spec, *, fixed_steps: bool = False) -> float | None:
+    """The sigma a timestep sampler's pass noises its init latents to (:func:`img2img_grid`); None for the other
+    samplers (they noise to the first sigma they run) and for an empty hires pass."""
+    if spec.grid is None or (fixed_steps and denoising == 0):
+        return None
+    return img2img_grid(steps, denoising, bundle, spec, fixed_steps=fixed_steps).noise_sigma
 
 
 def _as_image(image) -> Image.Image:
@@ -199,7 +222,8 @@ def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progres
     t = time.perf_counter()
     sigmas = img2img_sigmas(p.scheduler_used, p.steps, denoising, bundle, spec)
     plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, name="img2img",
-                     tree_sigmas=img2img_schedule(p.scheduler_used, p.steps, denoising, bundle, spec))
+                     tree_sigmas=img2img_schedule(p.scheduler_used, p.steps, denoising, bundle, spec),
+                     noise_sigma=img2img_noise_sigma(p.steps, denoising, bundle, spec))
     init = init_latents(bundle, p, images)
     timings["encode_s"] += time.perf_counter() - t
     factor = bundle.vae_scale_factor

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import threading
 import time
 import warnings
@@ -100,7 +101,7 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
             fields["Hires prompt"] = p.hr_prompt
         if p.hr_negative_prompt and p.hr_negative_prompt != p.negative_prompt:
             fields["Hires negative prompt"] = p.hr_negative_prompt
-        if p.hr_scheduler_used != p.scheduler_used:
+        if p.hr_scheduler_used != p.scheduler_used and SAMPLERS[p.hr_sampler_used].grid is None:
             fields["Hires schedule type"] = p.hr_scheduler_used
         if p.hr_resize_x == 0 and p.hr_resize_y == 0:
             fields["Hires upscale"] = p.hr_scale
@@ -217,6 +218,9 @@ class PassPlan:
     # The whole schedule ``sigmas`` was cut from (img2img, hires): A1111 spans the SDE samplers' Brownian trees
     # over it, not over the tail that runs. None: ``sigmas`` itself.
     tree_sigmas: torch.Tensor | None = None
+    # Timestep samplers' img2img / hires passes: the sigma the init latents are noised to, one point of A1111's
+    # grid above ``sigmas[0]`` (schedules.TimestepGrid). None: ``sigmas[0]``.
+    noise_sigma: float | None = None
 
     @property
     def steps(self) -> int:
@@ -236,7 +240,7 @@ class PassOutcome:
 def plan_pass(bundle, p: GenerationParams, encoder: TextEncoder, prompt: str, negative: str, sigmas: torch.Tensor,
               *, sampler_name: str | None = None, size: tuple[int, int] | None = None,
               schedule_steps: int | None = None, hires_steps: int | None = None, name: str = "txt2img",
-              tree_sigmas: torch.Tensor | None = None) -> PassPlan:
+              tree_sigmas: torch.Tensor | None = None, noise_sigma: float | None = None) -> PassPlan:
     """Encode the prompts (A1111's schedules over ``schedule_steps``, or the hires rule with ``hires_steps``)
     and gather the sampler's options for a pass over ``sigmas`` (cut from ``tree_sigmas``, if given)."""
     spec = SAMPLERS[sampler_name or p.sampler_name]
@@ -249,7 +253,7 @@ def plan_pass(bundle, p: GenerationParams, encoder: TextEncoder, prompt: str, ne
     time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32, device=bundle.device)
     options = {**spec.options, **sampler_options(p, spec.func)}
     return PassPlan(spec, options, sigmas.to(bundle.device), conds, uncond, empty, p.cfg_scale / spec.cfg_divisor,
-                    time_ids, name, tree_sigmas)
+                    time_ids, name, tree_sigmas, noise_sigma)
 
 
 def checked_replacement(hook: Hook, out, state: StepState) -> torch.Tensor:
@@ -279,8 +283,13 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
     Noise comes from one generator per seed, of ``p.randn_source`` (A1111's ImageRNG, recreated for every pass;
     Brownian trees over the whole schedule, ``plan.tree_sigmas``, for the SDE samplers): ``x = noise *
     sigmas[0]`` from scratch, or with ``init`` latents (img2img, hires pass) ``x = init + noise * sigmas[0]``
-    plus ``noise * extra_noise`` (A1111's "Extra noise": the same noise tensor; for timestep samplers A1111 adds
-    ``noise * extra * sqrt(abar)`` to its VP latent, which in our sigma space is the same ``noise * extra``).
+    plus ``noise * extra_noise`` (A1111's "Extra noise": the same noise tensor).
+
+    The timestep samplers (``spec.grid``: DDIM, DDIM CFG++, PLMS, UniPC) work, as A1111 does, on the VP latent
+    ``x_vp = x / sqrt(1 + sigma^2)``: they start from the noise itself (``x_vp = noise``) or from the init latents
+    noised to ``plan.noise_sigma`` (``x_vp = (init + noise * (noise_sigma + extra_noise)) / sqrt(1 +
+    noise_sigma^2)``: A1111's ``x sqrt(abar) + noise sqrt(1 - abar) + noise * extra * sqrt(abar)``), and the pass
+    returns their last latent in VP scale (A1111 decodes it, still slightly noisy), not the last x0 estimate.
     """
     control = control or JobControl()
     notes = notes if notes is not None else []
@@ -292,7 +301,13 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
     rng = ImageNoise(shape, seeds, subseeds, p.subseed_strength, (p.seed_resize_from_w, p.seed_resize_from_h),
                      downscale=downscale, source=p.randn_source, device=device)
     noise0 = rng.first().to(device)
-    if init is None:
+    if spec.grid is not None:
+        x_vp = noise0
+        if init is not None:
+            s = plan.noise_sigma if plan.noise_sigma is not None else float(sigmas[0])
+            x_vp = (init.to(device=device, dtype=torch.float32) + noise0 * (s + extra_noise)) / math.sqrt(1 + s**2)
+        x = x_vp * math.sqrt(1 + float(sigmas[0]) ** 2)
+    elif init is None:
         x = noise0 * sigmas[0]
     else:
         x = init.to(device=device, dtype=torch.float32) + noise0 * sigmas[0]
@@ -308,6 +323,7 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
     else:
         def noise(sigma=None, sigma_next=None):
             return rng.next().to(device)
+    denoiser.vp_time = spec.grid is not None  # UniPC evaluates the model between table timesteps, the VP way
     guider = CFGDenoiser(denoiser, plan.conds, plan.uncond, plan.cfg_scale, time_ids=plan.time_ids,
                          empty=plan.empty, need_uncond=spec.needs_uncond)
     run_options = dict(plan.options)
@@ -340,7 +356,10 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, p: GenerationParams, seeds: Seq
             with torch.no_grad():
                 state = gen.send(replacement)
     except StopIteration as stop:
-        outcome = PassOutcome(stop.value)
+        x_end = stop.value
+        if spec.grid is not None:
+            x_end = x_end / math.sqrt(1 + float(sigmas[-1]) ** 2)
+        outcome = PassOutcome(x_end)
     except (KeyboardInterrupt, JobInterrupted) as stop:
         control.interrupt.set()
         if state is not None and isinstance(stop, KeyboardInterrupt):
@@ -469,8 +488,11 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
     all_seeds, all_subseeds = image_seeds(seed, subseed, p.subseed_strength, p.total_images)
 
     t = time.perf_counter()
-    sigmas = compute_sigmas(p.scheduler_used, p.steps, bundle.sigmas, arch=bundle.arch,
-                            discard_penultimate=spec.discard_penultimate)
+    if spec.grid is not None:  # DDIM, PLMS, UniPC: A1111's own grid, whatever the schedule type
+        sigmas = spec.grid(p.steps, bundle.sigmas).sigmas
+    else:
+        sigmas = compute_sigmas(p.scheduler_used, p.steps, bundle.sigmas, arch=bundle.arch,
+                                discard_penultimate=spec.discard_penultimate)
     plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas)
     hires = None
     if p.enable_hr:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .base import append_dims
-from .schedules import sigma_to_t
+from .schedules import sigma_to_t, vp_sigma_to_t
 
 
 class UNetRows(NamedTuple):
@@ -47,6 +47,9 @@ class Denoiser:
         self.sigmas = ((1 - ac) / ac) ** 0.5
         self.prediction_type = prediction_type
         self.calls = 0
+        # A sigma between the table's entries is the timestep k-diffusion's log-sigma rule finds, or with ``vp_time``
+        # (the jobs set it for A1111's timestep samplers, UniPC's fractional timesteps) the VP log-alpha rule's.
+        self.vp_time = False
         # diffusers' ModelMixin.dtype walks every parameter (~5 ms on an SD UNet): read it once per job.
         self.dtype = next(unet.parameters()).dtype
 
@@ -60,7 +63,8 @@ class Denoiser:
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The (fractional) training timestep of each sigma."""
-        return sigma_to_t(sigma.detach().float().cpu(), self.sigmas).to(sigma.device)
+        to_t = vp_sigma_to_t if self.vp_time else sigma_to_t
+        return to_t(sigma.detach().float().cpu(), self.sigmas).to(sigma.device)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                  added_cond: dict | None = None, *, rows_per_call: int | None = None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import samplers as k
 from . import timestep_samplers as ts
-from .schedules import SCHEDULES
+from .schedules import SCHEDULES, ddim_grid, unipc_grid
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class SamplerSpec:
     name: str
     func: Callable
     aliases: tuple[str, ...] = ()
-    default_scheduler: str | None = None  # None: the model's own ("Uniform")
+    default_scheduler: str | None = None  # None: the model's own ("Uniform"); "Automatic": the samplers with a grid
     second_order: bool = False  # two model calls per step: prompt schedules count double
     brownian: bool = False  # step noise from a Brownian tree seeded per image
     discard_penultimate: bool = False  # compute steps + 1 sigmas and drop the next-to-last
@@ -31,6 +31,9 @@ class SamplerSpec:
     uses_churn: bool = False  # s_churn/s_tmin/s_tmax/s_noise apply
     needs_uncond: bool = False  # reads the guidance closure's uncond prediction (CFG++)
     cfg_divisor: float = 1.0  # CFG++ works on a 0..1 guidance scale: A1111 divides the UI's CFG by 12.5
+    # A1111's timestep samplers run on their own grid (schedules.ddim_grid / unipc_grid), whatever the schedule
+    # type; their infotext keeps the schedule type as chosen ("Automatic" by default), as A1111 writes it.
+    grid: Callable | None = None
 
 
 _S = SamplerSpec
@@ -57,11 +60,11 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in [
     _S("DPM fast", k.sample_dpm_fast, ("k_dpm_fast",), uses_eta=True),
     _S("DPM adaptive", k.sample_dpm_adaptive, ("k_dpm_ad",), uses_eta=True),
     _S("Restart", k.sample_restart, ("restart",), "Karras", second_order=True),
-    _S("DDIM", ts.sample_ddim, ("ddim",), "DDIM", uses_eta=True),
-    _S("DDIM CFG++", ts.sample_ddim_cfgpp, ("ddim_cfgpp",), "DDIM", needs_uncond=True, uses_eta=True,
-       cfg_divisor=12.5),
-    _S("PLMS", ts.sample_plms, ("plms",), "DDIM"),
-    _S("UniPC", ts.sample_unipc, ("unipc",), "DDIM"),
+    _S("DDIM", ts.sample_ddim, ("ddim",), "Automatic", uses_eta=True, grid=ddim_grid),
+    _S("DDIM CFG++", ts.sample_ddim_cfgpp, ("ddim_cfgpp",), "Automatic", needs_uncond=True, uses_eta=True,
+       cfg_divisor=12.5, grid=ddim_grid),
+    _S("PLMS", ts.sample_plms, ("plms",), "Automatic", grid=ddim_grid),
+    _S("UniPC", ts.sample_unipc, ("unipc",), "Automatic", grid=unipc_grid),
     _S("LCM", k.sample_lcm, ("k_lcm",)),
 ]}
 

@@ -12,6 +12,9 @@ their own keyword options; :func:`compute_sigmas` is the one entry point the res
 The formulas follow A1111 1.10 (``modules/sd_schedulers.py``) and k-diffusion 0.1.1 (``get_sigmas_*``,
 ``external.DiscreteSchedule``) operation for operation, in the same precision, so the same step count gives
 the same sigmas bit for bit. Where our contract (end in 0) and A1111 differ, the function says so.
+
+A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC) ignore the schedule type: they run on their own grids,
+:func:`ddim_grid` and :func:`unipc_grid`, which stop above sigma 0 (the registry's ``SamplerSpec.grid``).
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 __all__ = [
-    "SCHEDULES", "ScheduleSpec", "resolve_schedule", "compute_sigmas", "sigma_to_t", "t_to_sigma",
+    "SCHEDULES", "ScheduleSpec", "resolve_schedule", "compute_sigmas", "sigma_to_t", "vp_sigma_to_t", "t_to_sigma",
     "uniform", "karras", "exponential", "polyexponential", "sgm_uniform", "kl_optimal", "align_your_steps",
     "simple", "normal", "ddim", "beta", "beta_ppf", "betainc", "AYS_SIGMAS",
+    "TimestepGrid", "a1111_timesteps", "ddim_grid", "unipc_grid",
 ]
 
 
@@ -58,6 +63,22 @@ def sigma_to_t(sigma, model_sigmas: torch.Tensor, quantize: bool = False) -> tor
     w = ((low - log_sigma) / (low - high)).clamp(0, 1)
     t = (1 - w) * low_idx + w * high_idx
     return t.view(sigma.shape)
+
+
+def vp_sigma_to_t(sigma, model_sigmas: torch.Tensor) -> torch.Tensor:
+    """The (fractional) timestep of ``sigma`` by the VP rule of UniPC's ``NoiseScheduleVP`` (and DPM-Solver's):
+    log alpha ``= -0.5 log(1 + sigma^2)`` interpolated linearly between the table's entries, clamped to the table.
+
+    That is where A1111's UniPC evaluates the model (:func:`unipc_grid`); :func:`sigma_to_t` (k-diffusion's
+    log-sigma rule) finds the same timestep on the table's own sigmas and one up to ~1e-3 away between them.
+    Computed in float64; returns float32 shaped like ``sigma``.
+    """
+    log_alpha = -0.5 * torch.log1p(torch.as_tensor(model_sigmas).double().cpu() ** 2)  # descending
+    sigma = torch.as_tensor(sigma)
+    la = -0.5 * torch.log1p(sigma.double().cpu().reshape(-1) ** 2)
+    j = (torch.searchsorted(-log_alpha, -la) - 1).clamp(0, len(log_alpha) - 2)
+    w = ((la - log_alpha[j]) / (log_alpha[j + 1] - log_alpha[j])).clamp(0, 1)
+    return (j + w).float().view(sigma.shape)
 
 
 def t_to_sigma(t, model_sigmas: torch.Tensor) -> torch.Tensor:
@@ -254,6 +275,95 @@ def beta(n: int, sigma_min: float, sigma_max: float, model_sigmas=None, *, alpha
     qs = 1 - np.linspace(0, 1, n)
     sigmas = [sigma_min + (beta_ppf(float(q), alpha, beta) * (sigma_max - sigma_min)) for q in qs] + [0.0]
     return torch.tensor(np.asarray(sigmas, dtype=np.float64), dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------------
+# A1111's own grids for its timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC): they ignore the schedule type
+
+
+class TimestepGrid(NamedTuple):
+    """Where one of A1111's timestep samplers runs, in sigma space.
+
+    ``sigmas``: float32, descending, all above 0 (these samplers stop with the latent still slightly noisy); the
+    sampler takes ``len(sigmas) - 1`` steps (none when there is one point). ``noise_sigma``: the noise level an
+    img2img / hires pass noises its init latents to before sampling starts at ``sigmas[0]`` (A1111 noises them one
+    grid point higher than where it starts); equal to ``sigmas[0]`` for txt2img.
+    """
+
+    sigmas: torch.Tensor
+    noise_sigma: float
+
+
+def a1111_timesteps(steps: int, n: int = 1000) -> list[int]:
+    """A1111's timesteps for ``steps`` steps on an ``n``-entry table, ascending: ``clip(arange(0, n, n // steps) + 1,
+    0, n - 1)`` (``CompVisSampler.get_timesteps``). There are more than ``steps`` of them when ``n // steps`` does
+    not divide ``n`` (7 steps: 8 timesteps).
+
+    >>> a1111_timesteps(8)
+    [1, 126, 251, 376, 501, 626, 751, 876]
+    """
+    steps = _check_n(steps)
+    if steps > n:
+        raise ValueError(f"the timestep samplers (DDIM, PLMS, UniPC) take at most {n} steps, got {steps}")
+    return [min(t + 1, n - 1) for t in range(0, n, n // steps)]
+
+
+def _table_and_timesteps(steps: int, model_sigmas, name: str, t_enc: int | None) -> tuple[torch.Tensor, list[int]]:
+    ms = _need(model_sigmas, name).detach().to("cpu", torch.float32)
+    ts = a1111_timesteps(steps, len(ms))
+    if t_enc is not None and not 0 <= t_enc < len(ts):
+        raise ValueError(f"t_enc must be between 0 and {len(ts) - 1} for {steps} steps, got {t_enc}")
+    return ms, ts
+
+
+def ddim_grid(steps: int, model_sigmas, *, t_enc: int | None = None) -> TimestepGrid:
+    """DDIM's, DDIM CFG++'s and PLMS's grid (A1111 ``sd_samplers_timesteps``): the table sigmas of
+    :func:`a1111_timesteps`, descending; with ``t_enc`` (img2img) only its first ``t_enc`` timesteps.
+
+    The sampler steps from each timestep to the next lower one and stops at the lowest (timestep 1): ``L``
+    timesteps give ``L - 1`` steps and model calls (PLMS: one more, for its first step). In img2img A1111 noises
+    the init latents to timestep ``t_enc`` and starts sampling at ``t_enc - 1`` (``noise_sigma`` vs ``sigmas[0]``):
+    8 steps at denoising 0.6 (``t_enc`` 4) noise to timestep 501 and run 376 -> 251 -> 126 -> 1, three steps.
+    """
+    ms, ts = _table_and_timesteps(steps, model_sigmas, "DDIM", t_enc)
+    if t_enc is None:
+        return TimestepGrid(ms[ts[::-1]], float(ms[ts[-1]]))
+    noise_sigma = float(ms[ts[t_enc]])
+    run = ts[:t_enc][::-1]
+    return TimestepGrid(ms[run] if run else torch.tensor([noise_sigma]), noise_sigma)
+
+
+def unipc_grid(steps: int, model_sigmas, *, t_enc: int | None = None) -> TimestepGrid:
+    """UniPC's grid (A1111 ``sd_samplers_timesteps_impl.unipc`` with its defaults, skip type "time_uniform"):
+    ``len(a1111_timesteps(steps))`` steps over the continuous time ``t`` evenly spaced from 1 down to ``1 / n``;
+    with ``t_enc`` (img2img), ``t_enc`` steps from ``t_start = (a1111_timesteps(steps)[t_enc - 1] + 1) / n``.
+
+    The sigma at ``t`` comes from UniPC's ``NoiseScheduleVP``: log alpha (``0.5 log alphas_cumprod``) interpolated
+    linearly in ``t`` between the table's points ``t_j = (j + 1) / n``, then ``lambda = log alpha - log sqrt(1 -
+    alpha^2)`` and ``sigma = exp(-lambda)``, in float32 as A1111 computes them. The last point is ``t = 1 / n``,
+    the table's first entry: no step to sigma 0. The model is called at ``(t - 1 / n) * n`` (fractional); our
+    denoiser's log-sigma interpolation finds those timesteps to within 1e-3.
+
+    Where A1111 fails, this does not: ``t_enc = 0`` (A1111: IndexError) is a pass of no steps; fewer steps than
+    UniPC's order (A1111: "UniPC order must be < sampling steps") run at the order the history allows.
+    """
+    ms, ts = _table_and_timesteps(steps, model_sigmas, "UniPC", t_enc)
+    n = len(ms)
+    if t_enc is None:
+        count, t_start, noise_sigma = len(ts), torch.tensor(1.0), None
+    elif t_enc == 0:
+        return TimestepGrid(ms[[ts[0]]], float(ms[ts[0]]))
+    else:
+        count, t_start, noise_sigma = t_enc, torch.tensor(ts[t_enc - 1]) / n + 1 / n, float(ms[ts[t_enc]])
+    t = torch.linspace(t_start, 1.0 / n, count + 1)
+    alphas_cumprod = (1 / (1 + ms.double() ** 2)).float()
+    log_alpha = 0.5 * torch.log(alphas_cumprod)
+    t_table = torch.linspace(0.0, 1.0, n + 1)[1:]
+    j = (torch.searchsorted(t_table, t) - 1).clamp(0, n - 2)
+    la = log_alpha[j] + (t - t_table[j]) * (log_alpha[j + 1] - log_alpha[j]) / (t_table[j + 1] - t_table[j])
+    lam = la - 0.5 * torch.log(1.0 - torch.exp(2.0 * la))
+    sigmas = torch.exp(-lam.double()).float()
+    return TimestepGrid(sigmas, float(sigmas[0]) if noise_sigma is None else noise_sigma)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -8,6 +8,13 @@ sqrt(1 - abar) eps``). Here they take the same ``(model, x, sigmas)`` as every o
 given the same sigmas (and the same noise), the latents agree with diffusers' ``DDIMScheduler``,
 ``PNDMScheduler(skip_prk_steps=True)`` and ``UniPCMultistepScheduler`` once rescaled by
 ``1 / sqrt(1 + sigma^2)`` (``tests/test_timestep_samplers.py`` checks this), and are identical at sigma 0.
+
+The jobs run them as A1111 does (``tests/test_timestep_samplers_a1111.py`` checks this against A1111's own code):
+on A1111's grids, whatever the schedule type (:func:`~nbdiffuse.sampling.schedules.ddim_grid`,
+:func:`~nbdiffuse.sampling.schedules.unipc_grid`), which stop above sigma 0; from the noise itself in VP scale
+(``x = noise * sqrt(1 + sigmas[0]^2)``); and they decode the last latent in VP scale, ``x / sqrt(1 +
+sigmas[-1]^2)``, still slightly noisy, not the last x0 estimate (:func:`nbdiffuse.jobs.txt2img.run_pass`).
+Given sigmas ending in 0 (any schedule), the functions below also finish at sigma 0.
 """
 
 from __future__ import annotations
@@ -92,6 +99,11 @@ def sample_plms(model, x, sigmas, *, noise=None):
     If the first step already lands on sigma 0 (one step), the extra call (which would be at sigma 0,
     where eps is undefined) is skipped and the step is plain DDIM, as diffusers does.
     ``denoised`` in the StepState is ``x - sigma * eps'``, the x0 the step actually used.
+
+    Strongly guided predictions make its order-3/4 multistep unstable at few steps: on the toy model at CFG 7
+    ("a red circle on a blue background") PLMS gives a dark blotch on green at 10 and 20 steps and the red circle
+    only from ~50 steps, exactly as A1111's PLMS does (same latents to float rounding). Prefer DDIM, UniPC or
+    DPM++ 2M for few steps; the toy demos leave PLMS out.
     """
     n = len(sigmas) - 1
     s_in = x.new_ones([x.shape[0]])
@@ -213,6 +225,10 @@ def sample_unipc(model, x, sigmas, *, noise=None, order: int = 3, variant: str =
     is (its model evaluation still enters the history). A step onto sigma 0 is taken at order 1, i.e.
     ``x = denoised`` (the limit of every order as h -> inf; diffusers gives inf/NaN there for bh1, or for
     orders > 1).
+
+    On A1111's grid (:func:`~nbdiffuse.sampling.schedules.unipc_grid`) the last point is the table's smallest sigma:
+    no step to 0. With fewer points than ``order`` (A1111 refuses: "UniPC order must be < sampling steps") every
+    step runs at the order the history allows.
     """
     if order < 1:
         raise ValueError(f"UniPC order must be at least 1, got {order}")
