@@ -12,8 +12,8 @@ The story of one batch (A1111 ``StableDiffusionProcessingTxt2Img.sample_hr_pass`
    0.999))`` steps of which the last ``steps`` run, from ``x = latents + noise * sigma0 (+ noise * extra_noise)``,
    with the hires prompt (``hr_prompt``, default the prompt) whose ``[a:b:N]`` fractions run from 1 to 2.
    A timestep sampler (DDIM, DDIM CFG++, PLMS, UniPC) runs A1111's img2img on its own grid instead
-   (:func:`~nbdiffuse.jobs.img2img.img2img_grid` with ``t_enc = steps - 1``): DDIM and PLMS ``steps - 1`` steps,
-   UniPC ``steps - 1`` from ``t_start``.
+   (:func:`~nbdiffuse.jobs.img2img.img2img_grid` with ``t_enc = steps - 1``): ``steps - 2`` steps for DDIM and
+   PLMS, ``steps - 1`` for UniPC.
 
 Deviation from A1111, output format kept: with ``denoising_strength=0`` A1111 asks for a 0-step schedule and
 fails; here the second pass is skipped and the upscaled latents are decoded as they are.
