@@ -70,14 +70,16 @@ def test_round_trip_is_bit_identical(files, arch):
     assert loaded.tokenizers[0].pad_token_id == bundle.tokenizers[0].pad_token_id
     assert loaded.alphas_cumprod.dtype == torch.float32 and torch.equal(loaded.alphas_cumprod, bundle.alphas_cumprod)
     assert loaded.hash is None and loaded.path == str(path)
-    # the same modules compute the same thing
+    # the same modules compute the same thing (weights are bit-identical above; a loaded weight is a view into the
+    # file's memory map, whose address alignment can select another CPU kernel that rounds differently: ~1e-6)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     ctx = torch.randn(1, 77, bundle.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
     kw = {}
     if arch == "sdxl":
         kw["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 32), "time_ids": torch.ones(1, 6) * 64}
     with torch.no_grad():
-        assert torch.equal(bundle.unet(x, 500, ctx, **kw).sample, loaded.unet(x, 500, ctx, **kw).sample)
+        expected, got = bundle.unet(x, 500, ctx, **kw).sample, loaded.unet(x, 500, ctx, **kw).sample
+    assert torch.allclose(expected, got, rtol=0, atol=1e-5), (expected - got).abs().max()
 
 
 def test_file_layout_is_a1111s(files):
