@@ -281,3 +281,18 @@ def test_nan_latents_in_float32_do_not_blame_precision(session):
     finally:
         handle.remove()
     assert not any("try a float32 session" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("sampler,scheduler,written", [
+    ("Euler", "Automatic", "Automatic"),  # A1111: no default schedule -> the model's own, written as "Automatic"
+    ("Euler", "Uniform", "Uniform"),
+    ("DPM++ 2M", "Automatic", "Karras"),  # A1111's get_sigmas relabels it with the sampler's default
+    ("Euler a", "Karras", "Karras"),
+])
+def test_schedule_type_is_written_as_a1111_writes_it(session, sampler, scheduler, written):
+    from nbdiffuse import infotext
+
+    r = session.txt2img(prompt="a", steps=2, width=64, height=64, seed=2, sampler_name=sampler, scheduler=scheduler)
+    assert infotext.parse(r.infotexts[0])["Schedule type"] == written
+    again = session.txt2img(**infotext.to_params(r.infotexts[0]))
+    assert torch.equal(again.latents, r.latents)

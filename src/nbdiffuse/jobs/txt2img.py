@@ -75,7 +75,9 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
     core = {
         "Steps": p.steps,
         "Sampler": p.sampler_name,
-        "Schedule type": p.scheduler_used,
+        # A1111 names the schedule it resolved "Automatic" to only for samplers that have a default one; for the
+        # others (Euler, LMS, Heun, ...) "Automatic" means the model's own and is written as such
+        "Schedule type": p.scheduler_used if SAMPLERS[p.sampler_name].default_scheduler else p.scheduler,
         "CFG scale": p.cfg_scale,
         "Seed": seed,
         "Size": f"{p.width}x{p.height}",
