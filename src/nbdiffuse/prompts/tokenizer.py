@@ -194,7 +194,7 @@ def clean_text(text: str, kind: str = "clip_l") -> str:
 
 @functools.lru_cache(maxsize=1)
 def _bpe_tables() -> tuple[dict[tuple[str, str], int], dict[int, str]]:
-    vocab, merges = clip_vocab_and_merges()
+    merges = clip_vocab_and_merges()[1]
     return {tuple(m.split(" ")): rank for rank, m in enumerate(merges)}, bytes_to_unicode()
 
 
