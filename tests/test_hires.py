@@ -10,18 +10,11 @@ from nbdiffuse.jobs.hires import crop_latents, hires_fix_steps, plan_hires
 from nbdiffuse.jobs.params import GenerationParams
 from nbdiffuse.jobs.txt2img import txt2img_steps
 from nbdiffuse.prompts.conditioning import TextEncoder
+from nbdiffuse.sampling.base import run_to_end as run
 from nbdiffuse.sampling.schedules import compute_sigmas
 
 BASE = dict(prompt="a red circle", negative_prompt="blue", steps=4, width=64, height=64, seed=42,
             sampler_name="Euler")
-
-
-def run(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 class Jobs:

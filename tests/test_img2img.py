@@ -19,6 +19,7 @@ from nbdiffuse.jobs.txt2img import PassPlan, encode, plan_pass, run_pass
 from nbdiffuse.jobs.upscalers import resize_image
 from nbdiffuse.prompts.conditioning import TextEncoder
 from nbdiffuse.sampling.base import StepState
+from nbdiffuse.sampling.base import run_to_end as run
 from nbdiffuse.sampling.denoiser import Denoiser
 from nbdiffuse.sampling.noise import randn
 from nbdiffuse.sampling.registry import SAMPLERS
@@ -26,14 +27,6 @@ from nbdiffuse.sampling.schedules import compute_sigmas
 
 BASE = dict(prompt="a red circle", negative_prompt="blue", steps=10, width=64, height=64, seed=7,
             sampler_name="Euler")
-
-
-def run(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 class Jobs:

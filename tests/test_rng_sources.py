@@ -20,6 +20,7 @@ from nbdiffuse.jobs.params import GenerationParams
 from nbdiffuse.jobs.txt2img import txt2img_steps
 from nbdiffuse.jobs.xyz import plan_xyz
 from nbdiffuse.prompts.conditioning import TextEncoder
+from nbdiffuse.sampling.base import run_to_end as run
 from nbdiffuse.sampling.noise import (
     GPU_EMULATED_NOTE,
     BrownianNoise,
@@ -46,14 +47,6 @@ def assert_same(t: torch.Tensor, want: dict, atol: float = 0.0) -> None:
     flat = t.reshape(-1).double()
     assert flat.sum().item() == pytest.approx(want["sum"], rel=1e-6, abs=1e-5)
     assert (flat**2).sum().item() == pytest.approx(want["sumsq"], rel=1e-6)
-
-
-def run(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 # ------------------------------------------------------------------------------------------ Philox, NV

@@ -23,6 +23,7 @@ from nbdiffuse.jobs.hires import plan_hires
 from nbdiffuse.jobs.params import GenerationParams
 from nbdiffuse.jobs.txt2img import plan_pass, txt2img_steps
 from nbdiffuse.prompts.conditioning import TextEncoder
+from nbdiffuse.sampling.base import run_to_end as run
 from nbdiffuse.sampling.denoiser import Denoiser
 from nbdiffuse.sampling.guidance import CFGDenoiser
 from nbdiffuse.sampling.registry import SAMPLERS
@@ -43,14 +44,6 @@ KD = {
 }
 BASE = dict(prompt="a red circle", negative_prompt="blurry", steps=6, width=64, height=64, seed=321,
             cfg_scale=7.0)
-
-
-def run(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 def a1111_noise(seeds, shape):

@@ -39,6 +39,7 @@ from nbdiffuse.jobs.img2img import img2img_grid, img2img_step_counts, img2img_st
 from nbdiffuse.jobs.params import GenerationParams
 from nbdiffuse.jobs.txt2img import txt2img_steps
 from nbdiffuse.prompts.conditioning import TextEncoder
+from nbdiffuse.sampling.base import run_to_end as run
 from nbdiffuse.sampling.guidance import CFGDenoiser
 from nbdiffuse.sampling.noise import ImageNoise
 from nbdiffuse.sampling.registry import SAMPLERS
@@ -70,14 +71,6 @@ def toy():
     bundle = load_toy()
     assert bundle.hash == META["model_hash"], "the toy model changed: regenerate the fixtures (README there)"
     return bundle, TextEncoder(bundle)
-
-
-def run(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 def rel_err(ours: torch.Tensor, theirs: np.ndarray) -> float:

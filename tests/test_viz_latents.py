@@ -12,6 +12,7 @@ from nbdiffuse.inspect.previews import LATENT_RGB_FACTORS
 from nbdiffuse.jobs.params import GenerationParams
 from nbdiffuse.jobs.txt2img import txt2img_steps
 from nbdiffuse.prompts.conditioning import TextEncoder
+from nbdiffuse.sampling.base import run_to_end as run
 from nbdiffuse.viz.latents import (
     approx_rgb,
     compare_upscalers,
@@ -23,14 +24,6 @@ from nbdiffuse.viz.latents import (
 
 matplotlib.use("Agg")
 BASE = dict(prompt="a red circle", steps=3, width=64, height=64, seed=5, sampler_name="Euler")
-
-
-def run(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,18 @@ class StepState:
                 f"x {tuple(self.x.shape)}, calls {self.calls})")
 
 
+def run_to_end(gen):
+    """Drive a step generator (a sampler, a job) to its end and return what it returns.
+
+    >>> x = run_to_end(sample_euler(model, x, sigmas))                  # doctest: +SKIP
+    """
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
 def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
     """Append trailing singleton dimensions until ``x`` has ``target_dims`` dimensions."""
     dims_to_append = target_dims - x.ndim

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..inspect.previews import cheap_preview
+from ..sampling.base import run_to_end
 
 
 def _figure(**kwargs):
@@ -118,14 +119,6 @@ def _bundle_and_encoder(session_or_bundle):
             raise RuntimeError("No model is loaded in this session.")
         return session_or_bundle.model, session_or_bundle.encoder
     return session_or_bundle, TextEncoder(session_or_bundle)
-
-
-def _run(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 def _png(fig) -> str:
@@ -257,7 +250,7 @@ def explain_hires(session_or_bundle, result=None, *, snapshots: int = 3, index: 
     hr = {k: params.pop(k) for k in list(params) if k in HIRES_FIELDS}
     params.pop("enable_hr", None)
     if result is None:
-        result = _run(txt2img_steps(bundle, GenerationParams.from_kwargs(**with_native_size(params, bundle)),
+        result = run_to_end(txt2img_steps(bundle, GenerationParams.from_kwargs(**with_native_size(params, bundle)),
                                     encoder))
     elif params:
         raise TypeError(f"explain_hires: with a result, only hires parameters may be given, not {sorted(params)}")
@@ -267,13 +260,13 @@ def explain_hires(session_or_bundle, result=None, *, snapshots: int = 3, index: 
         if state.extra.get("pass") == "hires":
             captured.append((state.i, state.total, state.sigma, state.denoised.detach().clone()))
 
-    final = _run(hires_fix_steps(bundle, result, encoder, hooks=[hook], indices=[index], **hr))
+    final = run_to_end(hires_fix_steps(bundle, result, encoder, hooks=[hook], indices=[index], **hr))
     p = final.params
     notes: list[str] = []
     plan = plan_hires(bundle, p, encoder)
     up = upscale_for_hires(plan, result.latents[index:index + 1].to(bundle.device), notes)
     w, h = p.hr_size
-    direct = _run(txt2img_steps(bundle, p.replace(enable_hr=False, width=w, height=h, batch_size=1, n_iter=1),
+    direct = run_to_end(txt2img_steps(bundle, p.replace(enable_hr=False, width=w, height=h, batch_size=1, n_iter=1),
                                 encoder))
     picks = []
     if captured:
