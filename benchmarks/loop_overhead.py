@@ -102,6 +102,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--runs", type=int, default=None, help="timed runs per side (median reported)")
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=1,
+                    help="images per batch (ours: one UNet forward per image, so that each reproduces alone; "
+                         "diffusers: one batched forward)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: on a shared CPU, competing threads made run times "
                          "vary by 10x or more; 0 = torch's default). The model call dominates either way.")
@@ -133,26 +136,29 @@ def main() -> None:
     sigmas = compute_sigmas("Karras", steps, bundle.sigmas)
     scheduler.set_timesteps(steps)
     assert torch.allclose(scheduler.sigmas.float(), sigmas, atol=1e-5), "diffusers' sigmas differ from ours"
-    latents = ImageNoise((4, latent, latent), [SEED]).first() * sigmas[0] / scheduler.init_noise_sigma
+    batch = args.batch
+    seeds = [SEED + i for i in range(batch)]
+    latents = ImageNoise((4, latent, latent), seeds).first() * sigmas[0] / scheduler.init_noise_sigma
 
     def ours(cold: bool = True):
         if cold:
             session.encoder.cache.clear()
         t = time.perf_counter()
         r = session.txt2img(prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, sampler_name="Euler",
-                            scheduler="Karras", cfg_scale=7, seed=SEED, width=size, height=size)
+                            scheduler="Karras", cfg_scale=7, seed=SEED, width=size, height=size, batch_size=batch)
         return time.perf_counter() - t, r.images[0]
 
     def theirs():
         t = time.perf_counter()
         image = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0,
-                     latents=latents.clone(), height=size, width=size, output_type="pil").images[0]
+                     latents=latents.clone(), height=size, width=size, output_type="pil",
+                     num_images_per_prompt=batch).images[0]
         return time.perf_counter() - t, image
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}")
-    print(f"UNet {unet_params:.1f} M parameters; {size}x{size}, Euler + Karras, {steps} steps, CFG 7, "
-          f"{runs} timed runs per side after a warm-up")
+    print(f"UNet {unet_params:.1f} M parameters; {size}x{size}, batch {batch}, Euler + Karras, {steps} steps, "
+          f"CFG 7, {runs} timed runs per side after a warm-up")
     _, our_image = ours()
     _, their_image = theirs()
     pixel_diff = int(np.abs(np.asarray(our_image, dtype=np.int16) - np.asarray(their_image, dtype=np.int16)).max())
