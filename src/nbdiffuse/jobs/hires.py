@@ -94,8 +94,7 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
     _, _, prompt, negative = styled_prompts(hp, styles, own_notes, applied_names(bundle))
     if notes is not None:
         notes.extend(n for n in own_notes if n not in notes)
-    first_total = p.steps * 2 if spec1.second_order else p.steps
-    hires_total = steps * 2 if spec2.second_order else steps
+    first_total, hires_total = spec1.total_steps(p.steps), spec2.total_steps(steps)
     plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, sampler_name=spec2.name,
                      size=p.hr_upscale_to, schedule_steps=first_total, hires_steps=hires_total, name="hires",
                      tree_sigmas=whole,

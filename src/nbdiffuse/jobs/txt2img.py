@@ -151,6 +151,12 @@ def apply_styled(p: GenerationParams, styles: Mapping[str, Style]) -> tuple[str,
     return apply_styles(p.prompt, p.negative_prompt, list(p.styles), styles)
 
 
+def vae_scaling(vae) -> tuple[float, float]:
+    """``(scaling_factor, shift_factor)`` of a VAE: latents = (encoded - shift) * scale (SD's 0.18215, no shift)."""
+    config = vae.config
+    return float(getattr(config, "scaling_factor", 0.18215)), float(getattr(config, "shift_factor", None) or 0.0)
+
+
 @torch.no_grad()
 def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image.Image]:
     """VAE-decode latents to PIL images; a NaN decode in half precision is redone in float32 (and kept so).
@@ -159,8 +165,7 @@ def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image
     single one, and image i of a batch must equal, pixel for pixel, the image made alone from its infotext.
     """
     vae = bundle.vae
-    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    scale, shift = vae_scaling(vae)
 
     def run() -> torch.Tensor:
         z = (latents / scale + shift).to(device=vae.device, dtype=vae.dtype)
@@ -196,8 +201,7 @@ def encode(bundle, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor
     A1111's ``images_tensor_to_samples`` does, so an image's latents do not depend on the batch it came in.
     """
     vae = bundle.vae
-    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    scale, shift = vae_scaling(vae)
     pixels = images if isinstance(images, torch.Tensor) else images_to_tensor(images)
     pixels = pixels.to(device=vae.device, dtype=vae.dtype)
     mean = torch.cat([vae.encode(pixels[i:i + 1], return_dict=False)[0].mean for i in range(len(pixels))])
@@ -247,7 +251,7 @@ def plan_pass(bundle, p: GenerationParams, encoder: TextEncoder, prompt: str, ne
     and gather the sampler's options for a pass over ``sigmas`` (cut from ``tree_sigmas``, if given)."""
     spec = SAMPLERS[sampler_name or p.sampler_name]
     if schedule_steps is None:
-        schedule_steps = p.steps * 2 if spec.second_order else p.steps
+        schedule_steps = spec.total_steps(p.steps)
     conds = encoder.conds(prompt, schedule_steps, p.clip_skip, hires_steps=hires_steps)
     uncond = encoder.uncond(negative, schedule_steps, p.clip_skip, hires_steps=hires_steps)
     empty = encoder.empty(p.clip_skip)

@@ -304,13 +304,11 @@ def estimate_seconds(cells, call_costs: Sequence[float], fixed_per_pixel: float)
     for cell in cells:
         p = GenerationParams.from_kwargs(**{k: v for k, v in cell.items() if k != "_load"})
         images = p.batch_size * p.n_iter
-        per_step = 2 if SAMPLERS[p.sampler_name].second_order else 1
-        work += p.steps * per_step * p.width * p.height * images
+        work += SAMPLERS[p.sampler_name].total_steps(p.steps) * p.width * p.height * images
         w, h = p.width, p.height
         if p.enable_hr:
             w, h = p.hr_size
-            hr_spec = SAMPLERS[p.hr_sampler_used]
-            work += (p.hr_second_pass_steps or p.steps) * (2 if hr_spec.second_order else 1) * w * h * images
+            work += SAMPLERS[p.hr_sampler_used].total_steps(p.hr_second_pass_steps or p.steps) * w * h * images
         fixed += fixed_per_pixel * w * h * images
     low, typical, high = (work * c + fixed for c in figures)
     return low, typical, high

@@ -35,6 +35,11 @@ class SamplerSpec:
     # type; their infotext keeps the schedule type as chosen ("Automatic" by default), as A1111 writes it.
     grid: Callable | None = None
 
+    def total_steps(self, steps: int) -> int:
+        """A1111's step count for prompt schedules, and the model calls of ``steps`` steps: second-order samplers
+        (two model calls a step) count double."""
+        return steps * 2 if self.second_order else steps
+
 
 _S = SamplerSpec
 SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in [
