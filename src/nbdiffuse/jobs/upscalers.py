@@ -16,13 +16,14 @@ the exact target.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
+
+from ..suggest import suggest
 
 LANCZOS = Image.Resampling.LANCZOS
 NEAREST = Image.Resampling.NEAREST
@@ -84,8 +85,7 @@ def resolve_upscaler(name: str | os.PathLike | None) -> str:
     path = Path(text).expanduser()
     if path.suffix.lower() in MODEL_SUFFIXES and path.is_file():
         return str(path)
-    close = difflib.get_close_matches(text.lower(), list(lowered), n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(lowered[c]) for c in close)}?" if close else ""
+    hint = suggest(text, available_upscalers())
     where = (" No such model file either." if path.suffix.lower() in MODEL_SUFFIXES else
              " A model upscaler (ESRGAN, RealESRGAN, SwinIR, ...) can be given as a path to its file.")
     raise ValueError(f"Unknown upscaler {text!r}.{hint}{where} Available upscalers: "

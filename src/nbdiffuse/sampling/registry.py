@@ -6,10 +6,10 @@ The panel's dropdowns, the xyz axes, parameter validation and the infotext parse
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..suggest import suggest
 from . import samplers as k
 from . import timestep_samplers as ts
 from .schedules import SCHEDULES, ddim_grid, unipc_grid
@@ -78,15 +78,6 @@ for _spec in SAMPLERS.values():
     _BY_ALIAS[_spec.name.lower()] = _spec.name
     for _alias in _spec.aliases:
         _BY_ALIAS[_alias.lower()] = _spec.name
-
-
-def suggest(name: str, choices) -> str:
-    """A ' Did you mean ...?' suffix for an unknown name, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)]
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def resolve_sampler(name: str) -> tuple[str, str | None]:

@@ -19,7 +19,6 @@ A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC) ignore the schedule ty
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from ..suggest import suggest
 
 __all__ = [
     "SCHEDULES", "ScheduleSpec", "resolve_schedule", "compute_sigmas", "sigma_to_t", "vp_sigma_to_t", "t_to_sigma",
@@ -486,12 +487,7 @@ def resolve_schedule(name: str) -> str:
             return spec.label
     if key in _ALIASES:
         return _ALIASES[key]
-    choices = [*SCHEDULES, *(s.name for s in SCHEDULES.values())]
-    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        close = [lowered[c] for c in difflib.get_close_matches(key, list(lowered), n=3, cutoff=0.5)]
-    hint = f" Did you mean {' or '.join(repr(c) for c in dict.fromkeys(close))}?" if close else ""
+    hint = suggest(str(name), [*SCHEDULES, *(s.name for s in SCHEDULES.values())])
     raise ValueError(f"Unknown schedule type {name!r}.{hint} Available schedule types: "
                      f"{', '.join(SCHEDULES)} (or their API names: "
                      f"{', '.join(s.name for s in SCHEDULES.values())}).")
