@@ -152,6 +152,11 @@ def to_params(text_or_dict: str | bytes | Mapping[str, Any], styles: Mapping[str
     e.g. ``session.styles``) the styles named in ``Styles array`` are taken back out of the prompts, as A1111's
     paste does, and returned in ``styles``; without it ``styles`` is left out, so the styled prompt alone
     reproduces the image.
+
+    >>> p = to_params("a cat\\nNegative prompt: blurry\\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, "
+    ...               "Seed: 1, Size: 512x768")
+    >>> p["prompt"], p["sampler_name"], p["scheduler"], p["width"], p["height"], p["randn_source"]
+    ('a cat', 'DPM++ 2M', 'Automatic', 512, 768, 'GPU')
     """
     if isinstance(text_or_dict, str | bytes | bytearray):
         res = parse(text_or_dict)

@@ -85,6 +85,9 @@ def build_fields(core: Mapping[str, Any], extra: Mapping[str, Any] | None = None
     ``extra`` in insertion order; an ``extra`` key that is already present keeps its earlier position
     (its value is updated); ``Version`` (then ``User``) comes last. ``None`` values are kept
     here and skipped by :func:`format`.
+
+    >>> list(build_fields({"Seed": 1, "Steps": 20, "Model": "m"}, {"Version": "1.10.1", "Sampler": "Euler a"}))
+    ['Steps', 'Sampler', 'Seed', 'Model', 'Version']
     """
     extra = extra or {}
     fields: dict[str, Any] = {}
@@ -113,6 +116,12 @@ def format(prompt: str, negative_prompt: str, fields: Mapping[str, Any]) -> str:
     """The infotext: prompt, ``Negative prompt:`` line when non-empty, then ``Key: value, ...``.
 
     Fields are written in the mapping's order (see :func:`build_fields`); ``None`` values are skipped.
+
+    >>> print(format("a cat", "blurry", {"Steps": 20, "Sampler": "Euler a", "CFG scale": 7.0, "Seed": 1,
+    ...                                   "Size": (512, 512)}))
+    a cat
+    Negative prompt: blurry
+    Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512
     """
     line = ", ".join(f"{k}: {format_value(v)}" for k, v in fields.items() if v is not None)
     parts = [prompt]
@@ -354,6 +363,8 @@ def png_info(text: str):
     """A :class:`PIL.PngImagePlugin.PngInfo` holding ``text`` as the ``parameters`` chunk.
 
     Pillow writes ``tEXt`` when the text is Latin-1 and ``iTXt`` (UTF-8) otherwise, as A1111 does.
+
+    >>> image.save("cat.png", pnginfo=png_info(result.infotexts[0]))     # doctest: +SKIP
     """
     from PIL.PngImagePlugin import PngInfo
 
@@ -390,6 +401,9 @@ def read_png(path_or_file) -> str | None:
 
     PNG: the ``parameters`` text chunk (tEXt/iTXt/zTXt). JPEG/WebP (as A1111 saves them): the EXIF
     ``UserComment`` (``UNICODE`` prefix + UTF-16BE as written by piexif, or ASCII). GIF: the comment.
+
+    >>> text = read_png("outputs/txt2img-images/2026-12-06/00000-1.png")   # doctest: +SKIP
+    >>> session.txt2img(**to_params(text))                                    # doctest: +SKIP
     """
     from PIL import Image
 

@@ -1,0 +1,27 @@
+"""Models: A1111/ComfyUI single-file checkpoints read offline (architecture from the file's shapes), external
+VAEs, and writing a model back in A1111's layout.
+
+>>> from nbdiffuse import models
+>>> bundle = models.load_checkpoint("model.safetensors")                # doctest: +SKIP
+>>> models.save_checkpoint(bundle, "model-fp16.safetensors", torch.float16)   # doctest: +SKIP
+"""
+
+from importlib import import_module
+
+_LAZY = {
+    "ModelBundle": ".bundle", "ModelLoadError": ".errors",
+    "load_checkpoint": ".checkpoint", "inspect_checkpoint": ".checkpoint", "load_vae": ".checkpoint",
+    "save_checkpoint": ".save",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'nbdiffuse.models' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

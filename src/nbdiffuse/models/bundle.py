@@ -14,6 +14,11 @@ class ModelBundle:
     ``arch`` is ``"sd1"``, ``"sd2"`` or ``"sdxl"``; ``prediction_type`` is ``"epsilon"`` or ``"v_prediction"``;
     ``alphas_cumprod`` is the float32 training noise schedule (1000 entries for SD). ``text_encoders`` and
     ``tokenizers`` are parallel lists: one CLIP encoder for SD1/SD2, two (CLIP-L, OpenCLIP-bigG) for SDXL.
+
+    >>> import nbdiffuse.testing
+    >>> bundle = nbdiffuse.testing.tiny_sd1()
+    >>> bundle.arch, bundle.prediction_type, bundle.native_size
+    ('sd1', 'epsilon', (64, 64))
     """
 
     unet: torch.nn.Module

@@ -705,7 +705,11 @@ def _te_component(sd: StateDict, name: str, prefix: str, fmt: str, kind: str, pr
 
 def inspect_checkpoint(path, *, sd: StateDict | None = None) -> CheckpointPlan:
     """Read and validate a single-file checkpoint, and build its modules on the meta device (no weights yet).
-    Any problem raises :class:`ModelLoadError`."""
+    Any problem raises :class:`ModelLoadError`.
+
+    >>> plan = inspect_checkpoint("model.safetensors")      # doctest: +SKIP
+    >>> bundle = load_checkpoint("model.safetensors", plan=plan)   # doctest: +SKIP
+    """
     t0 = time.perf_counter()
     sd = sd or read_state_dict(path)
     try:
@@ -914,6 +918,10 @@ def load_checkpoint(path, *, device="cpu", dtype: torch.dtype = torch.float32, h
     ``info["report"]`` A1111's one-line summary, e.g. ``Weights loaded in 2.1s (read: 0.3s, build: 0.1s, ...)``.
     Raises :class:`ModelLoadError` for any problem with the file. ``plan``: the result of
     :func:`inspect_checkpoint` for ``path`` when the caller validated it already.
+
+    >>> bundle = load_checkpoint("models/Stable-diffusion/v1-5-pruned-emaonly.safetensors")  # doctest: +SKIP
+    >>> bundle.arch, bundle.prediction_type, bundle.hash, bundle.info["report"]                # doctest: +SKIP
+    ('sd1', 'epsilon', '6ce0161689', 'Weights loaded in 2.1s (read: 0.3s, build: 0.1s, ...)')
     """
     t0 = time.perf_counter()
     if plan is None:
@@ -943,7 +951,11 @@ def load_vae(path, *, device="cpu", dtype: torch.dtype = torch.float32, scaling_
     ignored) or diffusers layout (``encoder.down_blocks.*``, e.g. the SDXL fp16-fix VAE's
     ``diffusion_pytorch_model.safetensors``; old ``query/key/value/proj_attn`` names too). Returns an
     ``AutoencoderKL``; ``scaling_factor`` defaults to ``arch``'s (0.18215 SD1/SD2, 0.13025 SDXL) unless the
-    file's metadata says otherwise. Raises :class:`ModelLoadError`."""
+    file's metadata says otherwise. Raises :class:`ModelLoadError`.
+
+    >>> vae = load_vae("models/VAE/sdxl-vae-fp16-fix.safetensors", arch="sdxl")   # doctest: +SKIP
+    >>> session.load_vae(vae)                                                      # doctest: +SKIP
+    """
     t0 = time.perf_counter()
     sd = read_state_dict(path)
     keys = sd.tensors

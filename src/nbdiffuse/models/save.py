@@ -170,10 +170,20 @@ def checkpoint_metadata(bundle: ModelBundle) -> dict:
             "nbdiffuse.prediction_type": bundle.prediction_type, "nbdiffuse.config": json.dumps(config)}
 
 
-def save_checkpoint(bundle: ModelBundle, path, *, dtype: torch.dtype | None = None,
-                    metadata: dict | None = None) -> Path:
-    """Write ``bundle`` as one A1111-layout ``.safetensors`` file (``dtype``: cast floating tensors, e.g.
-    ``torch.float16``; default: as they are). ``metadata``: extra string entries. Returns the path."""
+def save_checkpoint(bundle, path, dtype: torch.dtype | None = None, *, metadata: dict | None = None) -> Path:
+    """Write a model (a :class:`ModelBundle`, or a Session's loaded one) as one A1111-layout ``.safetensors`` file
+    that A1111, ComfyUI and ``session.load`` read (``dtype``: cast floating tensors, e.g. ``torch.float16``;
+    default: as they are). ``metadata``: extra string entries. Returns the path.
+
+    >>> import nbdiffuse.testing
+    >>> path = save_checkpoint(nbdiffuse.testing.tiny_sd1(), tmp / "tiny.safetensors")   # doctest: +SKIP
+    >>> save_checkpoint(session, "my-model-fp16.safetensors", torch.float16)             # doctest: +SKIP
+    """
+    if not isinstance(bundle, ModelBundle) and isinstance(getattr(bundle, "model", None), ModelBundle):
+        bundle = bundle.model  # a Session
+    if not isinstance(bundle, ModelBundle):
+        raise TypeError(f"save_checkpoint saves a ModelBundle or a Session with a loaded model, not "
+                        f"{type(bundle).__name__}")
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"{path}: save_checkpoint writes .safetensors files only")

@@ -1,0 +1,31 @@
+"""A1111's prompt language: emphasis, prompt editing and alternation, ``AND``, extra-network tags, styles, and
+the 75-token chunks and token counter, tokenised as A1111 does for each text encoder.
+
+>>> from nbdiffuse import prompts
+>>> prompts.parse_attention("a (red:1.5) circle")
+[('a ', 1.0), ('red', 1.5), (' circle', 1.0)]
+>>> str(prompts.count_tokens("a BREAK b"))
+'76/150'
+"""
+
+from importlib import import_module
+
+# Imported on first use: the parser is pure Python, the chunking needs torch and the tokenizer.
+_LAZY = {
+    "parse_attention": ".parser", "schedule": ".parser", "split_and": ".parser",
+    "extract_extra_networks": ".parser", "Style": ".parser", "load_styles": ".parser", "save_styles": ".parser",
+    "apply_styles": ".parser", "extract_styles": ".parser",
+    "count_tokens": ".conditioning", "tokenize_chunks": ".conditioning", "TokenCount": ".conditioning",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'nbdiffuse.prompts' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

@@ -54,7 +54,12 @@ class PromptChunk:
 
 @dataclass(frozen=True)
 class TokenCount:
-    """A1111's prompt token counter: ``str()`` gives ``"76/150"``."""
+    """A1111's prompt token counter: ``str()`` gives ``"76/150"``.
+
+    >>> count = count_tokens("a BREAK b")
+    >>> count.tokens, count.chunks, str(count)
+    (76, 2, '76/150')
+    """
 
     tokens: int
     chunks: int
@@ -78,9 +83,13 @@ def _embedding_table(embeddings, tokenizer):
     return build_lookup(embeddings, tokenizer)
 
 
-def tokenize_chunks(text: str, tokenizer, emphasis: str = "Original",
+def tokenize_chunks(text: str, tokenizer=None, emphasis: str = "Original",
                     pad_id: int | None = None, embeddings=None) -> tuple[list[PromptChunk], int]:
     """Split ``text`` into 77-token chunks as A1111 does; returns ``(chunks, token_count)``.
+
+    >>> chunks, count = tokenize_chunks("a (red:1.2) circle BREAK blue")   # CLIP-L's tokenizer by default
+    >>> count, len(chunks), chunks[0].tokens[:5], chunks[0].weights[:4]
+    (76, 2, [49406, 320, 736, 7117, 49407], [1.0, 1.0, 1.2, 1.0])
 
     ``token_count`` counts every non-final chunk as 75 and the last one by its real tokens (the UI counter).
     Each emphasis run is tokenised as A1111 does for ``tokenizer``'s encoder
@@ -95,6 +104,10 @@ def tokenize_chunks(text: str, tokenizer, emphasis: str = "Original",
     """
     if emphasis not in EMPHASIS_MODES:
         raise ValueError(f"emphasis={emphasis!r} is not valid: choose one of {', '.join(EMPHASIS_MODES)}")
+    if tokenizer is None:
+        from .tokenizer import clip_tokenizer
+
+        tokenizer = clip_tokenizer()
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     parsed = parse_attention(text) if emphasis != "None" else [(text, 1.0)]

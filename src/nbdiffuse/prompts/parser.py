@@ -91,6 +91,9 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     Deviation (A1111 raises ``ValueError``): a weight that is not a number, such as ``(x:.)`` or
     ``(x:1.2.3)``, is treated as if the weight alternative had not matched: ``:.`` is literal text and the
     ``)`` closes with 1.1.
+
+    >>> parse_attention("a (red:1.5) [circle]")
+    [('a ', 1.0), ('red', 1.5), (' ', 1.0), ('circle', 0.9090909090909091)]
     """
     res: list[list] = []
     round_open: list[int] = []
@@ -404,6 +407,9 @@ def schedule(
     ``steps``, else absolute; hires offsets ignored).
 
     Deviation (A1111 raises ``OverflowError``): an ``N`` that overflows a float (``1e999``) is clamped.
+
+    >>> schedule("a [red:blue:0.5] circle", 10)
+    [(5, 'a red circle'), (10, 'a blue circle')]
     """
     if hires_steps is None or use_old_scheduling:
         int_offset, flt_offset, total = 0, 0.0, steps
@@ -439,6 +445,9 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     A trailing ``:number`` (and the whitespace around it) is the part's weight, default 1.0; trailing
     whitespace is removed, leading whitespace is kept exactly as A1111 keeps it (it does not change the
     tokens): ``"a cat :1.2 AND a dog"`` -> ``[("a cat", 1.2), (" a dog", 1.0)]``. Empty parts are kept.
+
+    >>> split_and("a cat AND a dog:0.5")
+    [('a cat', 1.0), (' a dog', 0.5)]
     """
     out = []
     for part in _RE_AND.split(prompt):
@@ -511,6 +520,9 @@ def extract_extra_networks(prompt: str) -> tuple[str, list[ExtraNetwork]]:
     """Remove every ``<kind:args>`` tag (regex ``<(\\w+):([^>]+)>``); return the rest and the tags in order.
 
     Only the tag is removed, surrounding whitespace and commas stay: ``"a <lora:x:1> b"`` -> ``"a  b"``.
+
+    >>> extract_extra_networks("a cat <lora:detail:0.6>")
+    ('a cat ', [ExtraNetwork(kind='lora', items=['detail', '0.6'])])
     """
     found: list[ExtraNetwork] = []
 
@@ -530,6 +542,13 @@ _STYLE_FIELDS = ["name", "prompt", "negative_prompt"]
 
 @dataclass(frozen=True)
 class Style:
+    """One row of A1111's ``styles.csv``: a ``{prompt}`` in ``prompt`` takes the user's prompt, else the style's
+    text is appended with ``, `` (the negative prompt likewise).
+
+    >>> apply_styles("a cat", "", ["oil"], {"oil": Style("oil", "{prompt}, oil painting", "photo")})
+    ('a cat, oil painting', 'photo')
+    """
+
     name: str
     prompt: str = ""
     negative_prompt: str = ""
@@ -541,6 +560,9 @@ def load_styles(path: str | os.PathLike) -> dict[str, Style]:
     Like A1111: rows whose name starts with ``#`` are skipped, the old ``name,text`` header is accepted,
     fields get ``skipinitialspace``, a later row with the same name replaces the earlier one. Missing
     fields read as ``""``. I/O errors propagate.
+
+    >>> styles = load_styles("stable-diffusion-webui/styles.csv")      # doctest: +SKIP
+    >>> session.txt2img(prompt="a cat", styles=["Oil painting"])       # doctest: +SKIP
     """
     styles: dict[str, Style] = {}
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -555,7 +577,10 @@ def load_styles(path: str | os.PathLike) -> dict[str, Style]:
 
 
 def save_styles(styles: dict[str, Style] | Iterable[Style], path: str | os.PathLike) -> None:
-    """Write styles as A1111 does: UTF-8 with BOM, header ``name,prompt,negative_prompt``."""
+    """Write styles as A1111 does: UTF-8 with BOM, header ``name,prompt,negative_prompt``.
+
+    >>> save_styles({"oil": Style("oil", "{prompt}, oil painting")}, "styles.csv")  # doctest: +SKIP
+    """
     values = styles.values() if isinstance(styles, dict) else styles
     with open(path, "w", encoding="utf-8-sig", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_STYLE_FIELDS)
@@ -578,6 +603,9 @@ def apply_styles(
     For each style text: if it contains ``{prompt}`` every occurrence is replaced by the current prompt
     (unstripped); otherwise the result is ``prompt.strip() + ", " + text.strip()``, leaving out whichever
     of the two is empty -- so even an empty style strips the prompt. Unknown names act as an empty style.
+
+    >>> apply_styles("a cat", "", ["oil"], {"oil": Style("oil", "{prompt}, oil painting", "photo")})
+    ('a cat, oil painting', 'photo')
     """
     for name in names:
         style = styles.get(name)
@@ -612,6 +640,9 @@ def extract_styles(prompt: str, negative_prompt: str, styles: dict[str, Style]) 
 
     Deviation (A1111 raises ``ValueError``): a style text with more than one ``{prompt}`` is split at the
     first one only (such a style then simply never matches).
+
+    >>> extract_styles("a cat, oil painting", "photo", {"oil": Style("oil", "{prompt}, oil painting", "photo")})
+    (['oil'], 'a cat', '')
     """
     found: list[str] = []
     remaining = list(styles.values())
