@@ -64,9 +64,11 @@ class StepRun:
     """A generation driven step by step: iterate it (or call ``next()``); ``result`` is set after the last step.
 
     >>> run = session.steps(prompt="a red circle", steps=20)   # doctest: +SKIP
-    >>> state = next(run)                                       # step 1 of 20
-    >>> for state in run: pass                                  # the rest
-    >>> run.result.images[0]
+    >>> state = next(run)                                       # doctest: +SKIP
+    >>> for state in run: pass                                  # doctest: +SKIP
+    >>> run.result.images[0]                                    # doctest: +SKIP
+
+    (``next(run)`` is step 1 of 20; the loop runs the rest.)
     """
 
     def __init__(self, gen):

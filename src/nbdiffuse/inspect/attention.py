@@ -44,7 +44,10 @@ class RecordingAttnProcessor:
     """An attention processor that computes cross-attention probabilities explicitly and passes them to
     ``callback(probs, attn)`` (``probs``: ``(batch, heads, queries, tokens)``) before using them, exactly like
     diffusers' ``AttnProcessor``. Self-attention calls, and calls while ``active()`` is false, go to ``original``
-    (the processor it replaces) untouched."""
+    (the processor it replaces) untouched.
+
+    >>> module.set_processor(RecordingAttnProcessor(record, module.processor))  # doctest: +SKIP
+    """
 
     def __init__(self, callback, original=None, active=None):
         from diffusers.models.attention_processor import AttnProcessor
@@ -144,6 +147,10 @@ class AttentionMaps:
     default (any word of the prompt can be asked for later). ``layers``: cross-attention layers to record (paths,
     prefixes like ``"up_blocks"``, globs or predicates); ``None`` for all. ``steps``: 0-based step indices to record,
     ``None`` for all. ``prompt``: the prompt for token lookup (default: ``session.last_result``'s).
+
+    >>> with AttentionMaps(session, words=["circle"]) as maps:  # doctest: +SKIP
+    ...     result = session.txt2img(prompt="a red circle", steps=20)
+    >>> maps.overlay(result.images[0], "circle")  # doctest: +SKIP
     """
 
     def __init__(self, session, words: Iterable[str] = (), layers=None, steps: Iterable[int] | None = None,

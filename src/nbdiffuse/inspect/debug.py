@@ -42,6 +42,10 @@ class Debugger:
     :class:`~nbdiffuse.sampling.base.StepState` (``None`` before the first step), ``result`` the
     :class:`~nbdiffuse.jobs.result.Result` once finished (also stored as ``session.last_result``, as ``txt2img``
     does). Steps are 1-based in the display (``state.step``) and 0-based in ``state.i``.
+
+    >>> dbg = Debugger(session, prompt="a red circle", steps=20)  # doctest: +SKIP
+    >>> dbg.run_to(7); dbg.preview()  # doctest: +SKIP
+    >>> result = dbg.finish()  # doctest: +SKIP
     """
 
     def __init__(self, session, *, hooks=None, **params):

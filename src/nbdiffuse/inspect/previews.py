@@ -36,7 +36,11 @@ METHODS = ("cheap", "taesd", "full")
 
 def latent_rgb_factors(arch_or_bundle) -> torch.Tensor:
     """The ``(4, 3)`` cheap-preview matrix for an arch name (``"sd1"``, ``"sd2"``, ``"sdxl"``), a bundle (its own
-    fitted ``info["latent_rgb_factors"]`` if it has one, else its arch's) or a matrix given directly."""
+    fitted ``info["latent_rgb_factors"]`` if it has one, else its arch's) or a matrix given directly.
+
+    >>> latent_rgb_factors("sdxl").shape
+    torch.Size([4, 3])
+    """
     if isinstance(arch_or_bundle, torch.Tensor):
         return arch_or_bundle.float()
     if isinstance(arch_or_bundle, (list, tuple, np.ndarray)):
@@ -68,7 +72,12 @@ def _batched(latent: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 @torch.no_grad()
 def cheap_rgb(denoised: torch.Tensor, arch="sd1") -> torch.Tensor:
-    """The cheap approximation as a tensor: ``(N, 3, H/8, W/8)`` in [0, 1] (``(3, h, w)`` for one latent)."""
+    """The cheap approximation as a tensor: ``(N, 3, H/8, W/8)`` in [0, 1] (``(3, h, w)`` for one latent).
+
+    >>> import torch
+    >>> cheap_rgb(torch.zeros(1, 4, 8, 8)).shape
+    torch.Size([1, 3, 8, 8])
+    """
     latent, single = _batched(denoised)
     factors = latent_rgb_factors(arch).to(latent.device)
     if factors.shape[0] != latent.shape[1]:
@@ -83,6 +92,10 @@ def cheap_preview(denoised: torch.Tensor, arch="sd1", size: tuple[int, int] | No
 
     ``arch``: ``"sd1"``/``"sd2"``/``"sdxl"``, a bundle (uses its own fitted matrix when it has one) or a
     ``(channels, 3)`` matrix. ``size=(width, height)`` resizes (nearest) for display.
+
+    >>> import torch
+    >>> cheap_preview(torch.zeros(1, 4, 8, 8))[0].size
+    (8, 8)
     """
     images = _to_pil(cheap_rgb(_batched(denoised)[0], arch))
     if size is not None:
@@ -96,6 +109,9 @@ def taesd_preview(denoised: torch.Tensor, taesd):
 
     The sampler's latent is already in the UNet's scaled space, which is what TAESD decodes
     (``taesd.config.scaling_factor`` is 1.0 for the published weights and is honoured if it is not).
+
+    >>> from diffusers import AutoencoderTiny  # doctest: +SKIP
+    >>> taesd_preview(state.denoised, AutoencoderTiny.from_pretrained("/data/taesd"))  # doctest: +SKIP
     """
     latent, single = _batched(denoised)
     param = next(taesd.parameters())
@@ -108,7 +124,10 @@ def taesd_preview(denoised: torch.Tensor, taesd):
 
 
 def vae_preview(denoised: torch.Tensor, bundle):
-    """The model's own VAE decode (the final image's path): full-size PIL image(s)."""
+    """The model's own VAE decode (the final image's path): full-size PIL image(s).
+
+    >>> vae_preview(state.denoised, session.model)[0]  # doctest: +SKIP
+    """
     from ..jobs.txt2img import decode
 
     latent, single = _batched(denoised)
@@ -118,7 +137,10 @@ def vae_preview(denoised: torch.Tensor, bundle):
 
 def preview(denoised: torch.Tensor, method: str = "cheap", *, bundle=None, taesd=None, arch=None):
     """One entry point: ``method`` is ``"cheap"`` (needs ``arch`` or ``bundle``), ``"taesd"`` (needs ``taesd``)
-    or ``"full"`` (needs ``bundle``)."""
+    or ``"full"`` (needs ``bundle``).
+
+    >>> preview(state.denoised, "taesd", taesd=taesd)  # doctest: +SKIP
+    """
     if method == "cheap":
         if arch is None and bundle is None:
             raise ValueError("the cheap preview needs arch= (or bundle=) to pick its latent->RGB matrix")
@@ -141,6 +163,8 @@ class PreviewHook:
     ``callback(image, state)`` receives the PIL image of the first batch image; without a callback the image is
     shown in the notebook, updated in place (an IPython display handle). ``last`` holds the latest preview.
     Returns nothing, so it never changes the trajectory.
+
+    >>> session.txt2img(prompt="a red circle", hooks=[PreviewHook(every=5, bundle=session.model)])  # doctest: +SKIP
     """
 
     def __init__(self, every: int = 1, method: str = "cheap", callback: Callable | None = None, *, bundle=None,
@@ -186,6 +210,8 @@ def preview_hook(every: int = 1, method: str = "cheap", callback: Callable | Non
 
     ``method``: ``"cheap"`` (A1111's linear approximation; the matrix comes from ``arch``/``bundle``/``session``),
     ``"taesd"`` (pass ``taesd=`` an ``AutoencoderTiny``) or ``"full"`` (the session's VAE).
+
+    >>> session.txt2img(prompt="a red circle", hooks=[preview_hook(5, session=session)])  # doctest: +SKIP
     """
     if bundle is None and session is not None:
         bundle = session.model
@@ -198,6 +224,11 @@ class Recorder:
     ``states`` is a list of :class:`StepState` copies whose tensors (``x``, ``denoised`` and the ``cond``/``uncond``
     predictions in ``extra``) are float32 CPU clones; ``keep`` names the tensors to keep (others are dropped to
     save memory). Only the first ``n_iter`` batch is recorded unless ``all_iterations=True``.
+
+    >>> rec = Recorder(every=2)  # doctest: +SKIP
+    >>> session.txt2img(prompt="a red circle", steps=20, hooks=[rec])  # doctest: +SKIP
+    >>> len(rec.states)  # doctest: +SKIP
+    10
     """
 
     TENSORS = ("x", "denoised", "cond", "uncond")

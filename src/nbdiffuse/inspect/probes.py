@@ -62,6 +62,10 @@ class Probe:
     the job's ``hooks=`` to count steps). ``capture``: ``"output"`` or ``"input"`` (the first positional tensor,
     ``hidden_states``). ``steps``: step indices (0-based ``StepState.i``) to record, ``None`` for all.
     ``budget_bytes``: memory limit for everything captured. ``dtype``: convert captures (e.g. ``torch.float32``).
+
+    >>> with Probe(session, "Transformer2DModel") as probe:  # doctest: +SKIP
+    ...     session.txt2img(prompt="a red circle", steps=20)
+    >>> probe.summary()  # doctest: +SKIP
     """
 
     def __init__(self, session, modules="Transformer2DModel", capture: str = "output",
@@ -215,7 +219,10 @@ class Probe:
 
 
 class ProbeSummary(list):
-    """A list of row dicts (one per module and step) that shows itself as a table."""
+    """A list of row dicts (one per module and step) that shows itself as a table.
+
+    >>> probe.summary()          # one row per module and step: shape, mean, std  # doctest: +SKIP
+    """
 
     COLUMNS = ("module", "step", "shape", "cond_mean", "cond_std", "cond_absmax", "uncond_std", "diff_rms")
 

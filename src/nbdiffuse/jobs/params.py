@@ -34,7 +34,12 @@ MAX_SEED_VALUE = 2**64 - 1  # torch.Generator.manual_seed's range
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """The fields of an A1111 txt2img request that nbdiffuse implements."""
+    """The fields of an A1111 txt2img request that nbdiffuse implements.
+
+    >>> p = GenerationParams.from_kwargs(prompt="a cat", sampler_name="DPM++ 2M Karras", cfg_scale=7)
+    >>> p.sampler_name, p.scheduler_used, p.width
+    ('DPM++ 2M', 'Karras', 512)
+    """
 
     prompt: str = ""
     negative_prompt: str = ""

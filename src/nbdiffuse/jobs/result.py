@@ -22,6 +22,10 @@ class Result:
     ``latents`` are the final latents ``(N, C, H/8, W/8)`` on the CPU; ``paths`` where the images were saved
     (``None`` when saving is off); ``interrupted`` tells whether the job was stopped early, and ``warnings`` says
     anything the user should know about these images (NaNs recovered, ignored prompt tags, ...).
+
+    >>> result = session.txt2img(prompt="a red circle", seed=1, batch_size=2)  # doctest: +SKIP
+    >>> result.seeds, result.latents.shape, result.paths[0]  # doctest: +SKIP
+    ([1, 2], torch.Size([2, 4, 8, 8]), PosixPath('outputs/txt2img-images/2026-12-06/00000-1.png'))
     """
 
     images: list[Image.Image]

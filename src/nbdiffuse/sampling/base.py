@@ -44,6 +44,10 @@ class StepState:
     ``denoised`` the model's x0 prediction made during the step (at ``sigma``), ``calls`` how many model
     calls the step used. ``extra`` carries what else is cheap (e.g. the guidance closure's cond/uncond
     predictions, filled in by the driver).
+
+    >>> def show(state):                       # a hook: called after every step
+    ...     print(state.i, state.total, round(state.sigma, 3))
+    >>> session.txt2img(prompt="a red circle", steps=3, hooks=[show])  # doctest: +SKIP
     """
 
     i: int

@@ -82,7 +82,11 @@ TABLES = {"en": EN, "zh": ZH}
 
 
 def default_lang() -> str:
-    """``"zh"`` when the locale (``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``, Python's) is Chinese."""
+    """``"zh"`` when the locale (``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``, Python's) is Chinese.
+
+    >>> default_lang() in ("en", "zh")
+    True
+    """
     names = [os.environ.get(k, "") for k in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")]
     try:
         names.append(locale.getlocale()[0] or "")
@@ -93,7 +97,11 @@ def default_lang() -> str:
 
 
 def labels(lang: str | None = None) -> dict[str, str]:
-    """The label table for ``lang`` (``None``: from the locale)."""
+    """The label table for ``lang`` (``None``: from the locale).
+
+    >>> labels("zh")["generate"]
+    '生成 (Generate)'
+    """
     lang = default_lang() if lang is None else lang
     if lang not in TABLES:
         raise ValueError(f"lang={lang!r} is not available: use one of {', '.join(LANGS)} (or None for the locale).")

@@ -6,8 +6,10 @@ Stop/Skip clicks, which set the session's flags (read by the sampling loop after
 
 >>> from nbdiffuse.ui import Panel
 >>> panel = Panel(session)        # doctest: +SKIP
->>> panel                         # doctest: +SKIP   (shows it)
->>> panel.params                  # doctest: +SKIP   the dict you would pass to session.txt2img(**params)
+>>> panel                         # doctest: +SKIP
+>>> panel.params                  # doctest: +SKIP
+
+(``panel`` last in a cell shows it; ``panel.params`` is the dict you would pass to ``session.txt2img(**params)``.)
 """
 
 from __future__ import annotations
@@ -85,7 +87,12 @@ def _slider(cls, value, lo, hi, step, label):
 
 
 def build_panel(t: dict[str, str], features: dict[str, bool]) -> SimpleNamespace:
-    """All the panel's widgets, laid out; no behaviour. ``t`` is the label table, ``features`` from the session."""
+    """All the panel's widgets, laid out; no behaviour. ``t`` is the label table, ``features`` from the session.
+
+    >>> ui = build_panel(labels("en"), {"xyz": True})  # doctest: +SKIP
+    >>> ui.generate.description  # doctest: +SKIP
+    'Generate'
+    """
     d = _DEFAULTS
     ui = SimpleNamespace()
     wide = {"style": {"description_width": "150px"}, "layout": w.Layout(width="98%")}
@@ -245,6 +252,9 @@ class Panel:
     controls; ``panel.generate()`` (the Generate button) runs it on a worker thread and ``panel.wait()`` waits
     for it. ``lang``: ``"en"`` or ``"zh"`` (default: from the locale). ``preview_every``: live preview every N
     steps (0: off). ``gallery_jobs``: how many past jobs the gallery keeps.
+
+    >>> from nbdiffuse.ui import Panel
+    >>> Panel(session, lang="zh")  # doctest: +SKIP
     """
 
     def __init__(self, session, lang: str | None = None, *, preview_every: int = 2, gallery_jobs: int = 4):

@@ -22,7 +22,12 @@ def activation_grid(probe, name: str, step: int | None = None, *, which: str = "
                     channels: int = 16, cmap: str = "RdBu_r"):
     """A matplotlib figure for one module: the first ``channels`` channel maps at ``step`` (default: the first
     captured) of ``which`` (``"cond"``, ``"uncond"`` or ``"diff"`` = cond − uncond), and the RMS of the cond half,
-    the uncond half and their difference over the captured steps."""
+    the uncond half and their difference over the captured steps.
+
+    >>> with session.probe("Transformer2DModel") as probe:  # doctest: +SKIP
+    ...     session.txt2img(prompt="a red circle", steps=20)
+    >>> activation_grid(probe, probe.names[0], step=10)  # doctest: +SKIP
+    """
     import matplotlib.pyplot as plt
 
     if name not in probe.activations:

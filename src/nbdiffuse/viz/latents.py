@@ -46,7 +46,10 @@ def _latent(latents, index: int = 0) -> torch.Tensor:
 
 
 def approx_rgb(latents, arch: str = "sd1", factors=None, index: int = 0) -> Image.Image:
-    """A1111's cheap preview at latent resolution: ``rgb = latent . factors * 0.5 + 0.5``, clamped, x255."""
+    """A1111's cheap preview at latent resolution: ``rgb = latent . factors * 0.5 + 0.5``, clamped, x255.
+
+    >>> approx_rgb(session.txt2img(prompt="a red circle").latents)  # doctest: +SKIP
+    """
     return cheap_preview(_latent(latents, index), factors if factors is not None else arch)
 
 
@@ -54,7 +57,10 @@ def show_latents(latents, *, arch: str = "sd1", factors=None, index: int = 0, ti
     """A figure: each latent channel (own colour scale, min/max/mean/std in the title) and the cheap RGB preview.
 
     ``latents``: ``(C, H, W)``, ``(N, C, H, W)`` (picks ``index``) or a Result. ``arch`` picks A1111's factors
-    ("sd1"/"sd2" or "sdxl"); ``factors`` gives your own (e.g. ``nbdiffuse.toy.preview_matrix()``)."""
+    ("sd1"/"sd2" or "sdxl"); ``factors`` gives your own (e.g. ``nbdiffuse.toy.preview_matrix()``).
+
+    >>> show_latents(session.txt2img(prompt="a red circle").latents)  # doctest: +SKIP
+    """
     z = _latent(latents, index)
     c = z.shape[0]
     fig = _figure(figsize=(2.6 * (c + 1), 2.9), layout="constrained")
@@ -82,14 +88,26 @@ def _as_float(image) -> np.ndarray:
 
 
 def psnr(a, b) -> float:
-    """Peak signal-to-noise ratio of two 8-bit images, in dB (inf when identical)."""
+    """Peak signal-to-noise ratio of two 8-bit images, in dB (inf when identical).
+
+    >>> from PIL import Image
+    >>> a, b = Image.new("RGB", (16, 16), (200, 30, 30)), Image.new("RGB", (16, 16), (190, 30, 30))
+    >>> psnr(a, a), round(psnr(a, b), 2)
+    (inf, 32.9)
+    """
     mse = float(np.mean((_as_float(a) - _as_float(b)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def ssim(a, b, window: int = 11, sigma: float = 1.5) -> float:
     """Structural similarity (Wang et al. 2004) of two images: Gaussian window 11/1.5, K1 0.01, K2 0.03,
-    computed per RGB channel on [0, 1] values ('valid' windows), averaged. 1.0 for identical images."""
+    computed per RGB channel on [0, 1] values ('valid' windows), averaged. 1.0 for identical images.
+
+    >>> from PIL import Image
+    >>> a = Image.new("RGB", (16, 16), (200, 30, 30))
+    >>> ssim(a, a)
+    1.0
+    """
     x = torch.from_numpy(_as_float(a)).permute(2, 0, 1)[:, None]
     y = torch.from_numpy(_as_float(b)).permute(2, 0, 1)[:, None]
     if x.shape != y.shape:
@@ -170,6 +188,9 @@ def compare_upscalers(session_or_bundle, result, scale: float = 2.0, *, index: i
     Table columns: ``std first pass``, ``std upscaled`` (the latent's standard deviation before/after upscaling),
     ``PSNR``/``SSIM`` of the decoded upscale and ``PSNR 1 step``/``SSIM 1 step`` of the one-step x0, each against
     the reference: the first-pass image decoded, Lanczos-upscaled in pixels, VAE-encoded and decoded again.
+
+    >>> result = session.txt2img(prompt="a red circle", steps=20)  # doctest: +SKIP
+    >>> compare_upscalers(session, result, scale=2.0)  # doctest: +SKIP
     """
     from ..jobs.hires import hires_pass, plan_hires, upscale_for_hires
     from ..jobs.txt2img import decode, encode
@@ -241,7 +262,10 @@ def explain_hires(session_or_bundle, result=None, *, snapshots: int = 3, index: 
     at ``snapshots`` steps | final | a direct render at the hires size with the same seed.
 
     Give an earlier txt2img ``result`` (made without hires fix), or txt2img parameters to make one; hires
-    parameters (``hr_scale``, ``hr_upscaler``, ``denoising_strength``, ...) go in ``params`` either way."""
+    parameters (``hr_scale``, ``hr_upscaler``, ``denoising_strength``, ...) go in ``params`` either way.
+
+    >>> explain_hires(session, prompt="a red circle", hr_scale=2.0, denoising_strength=0.5)  # doctest: +SKIP
+    """
     from ..jobs.hires import HIRES_FIELDS, hires_fix_steps, plan_hires, upscale_for_hires
     from ..jobs.params import GenerationParams, with_native_size
     from ..jobs.txt2img import decode, txt2img_steps

@@ -110,7 +110,10 @@ class PromptExplanation:
 
 
 def explain_prompt(prompt: str, steps: int = 20, tokenizer=None, hires_steps: int | None = None) -> PromptExplanation:
-    """Break a prompt down exactly as generation does (the same functions, not a re-implementation)."""
+    """Break a prompt down exactly as generation does (the same functions, not a re-implementation).
+
+    >>> explain_prompt("a [red:blue:0.5] (circle:1.3) BREAK on a white background", steps=20)  # doctest: +SKIP
+    """
     if tokenizer is None:
         from ..prompts.tokenizer import clip_tokenizer
 

@@ -30,7 +30,11 @@ def trajectory_stats(states_or_recorder, image: int = 0) -> list[dict]:
     """Per recorded step: ``i``, ``sigma``, ``sigma_next``, ``x_std`` (latent after the step), ``x0_std``
     (the prediction), ``eps_rms`` (the noise prediction ``(x_in - x0) / sigma``, where ``x_in`` is the previous
     recorded step's ``x``: only for consecutive steps, else ``nan``) and ``guidance_rms`` (RMS of
-    ``cond - uncond`` in x0 space; ``nan`` without an uncond prediction)."""
+    ``cond - uncond`` in x0 space; ``nan`` without an uncond prediction).
+
+    >>> [round(row["sigma"], 2) for row in trajectory_stats(rec)][:3]  # doctest: +SKIP
+    [14.61, 10.75, 7.84]
+    """
     states = _states(states_or_recorder)
     rows = []
     prev = None
@@ -57,6 +61,11 @@ def trajectory(states_or_recorder, *, bundle=None, arch: str | None = None, imag
 
     ``states_or_recorder``: a :class:`~nbdiffuse.inspect.previews.Recorder` or a list of StepStates (CPU copies).
     ``bundle``/``arch``: which cheap-preview matrix (default SD1's).
+
+    >>> from nbdiffuse.inspect import Recorder  # doctest: +SKIP
+    >>> rec = Recorder()  # doctest: +SKIP
+    >>> session.txt2img(prompt="a red circle", steps=20, hooks=[rec])  # doctest: +SKIP
+    >>> trajectory(rec, bundle=session.model)  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 
