@@ -100,7 +100,21 @@ class StepRun:
 
 
 class Session:
-    """Holds the loaded model and runs jobs on it.
+    """Holds the loaded model and runs jobs on it: the one object a notebook user works with.
+
+    What you can do with it:
+
+    - **Models**: ``load(path | name | "toy")``, ``load_vae(...)``, ``unload()``, ``models()`` (what the models
+      folder holds), ``model`` (the loaded :class:`~nbdiffuse.models.ModelBundle`; ``model.native_size``).
+    - **Generate** with A1111's API fields: ``txt2img(...)``, ``img2img(init_images, ...)``, ``loopback(...)``,
+      ``hires_fix(result)`` (A1111's ✨); each returns a :class:`~nbdiffuse.Result` and saves under ``outputs_dir``.
+    - **Grids**: ``plan_xyz(x, y, z, ...)`` (counts, sizes, time estimate, before any work), ``xyz(...)``.
+    - **Open the loop**: ``steps(...)`` (a generation driven with ``next()``), ``debug(...)`` (step-through
+      debugger), ``probe(...)`` (UNet activations), ``attention_maps(...)``, ``hooks`` (run after every step).
+    - **Stop**: ``interrupt()`` / ``skip()`` from any thread; jobs on one session never overlap (another thread's
+      job waits; the same thread's is refused while a stepped job is paused).
+    - **Prompts**: ``count_tokens(prompt)`` (A1111's ``76/150``), ``load_styles(path)`` / ``styles``.
+    - **The panel**: ``panel()`` (ipywidgets).
 
     >>> from nbdiffuse import Session
     >>> s = Session(outputs_dir=None)                             # doctest: +SKIP
