@@ -4,7 +4,7 @@
 >>> session = nbdiffuse.Session()             # doctest: +SKIP
 """
 
-from importlib import import_module
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -16,8 +16,4 @@ _LAZY = {
 
 __all__ = [*_LAZY, "__version__"]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'nbdiffuse' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

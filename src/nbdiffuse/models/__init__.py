@@ -6,7 +6,7 @@ VAEs, and writing a model back in A1111's layout.
 >>> models.save_checkpoint(bundle, "model-fp16.safetensors", torch.float16)   # doctest: +SKIP
 """
 
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _LAZY = {
     "ModelBundle": ".bundle", "ModelLoadError": ".errors",
@@ -16,12 +16,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'nbdiffuse.models' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -8,7 +8,7 @@ the 75-token chunks and token counter, tokenised as A1111 does for each text enc
 '76/150'
 """
 
-from importlib import import_module
+from .._lazy import lazy_exports
 
 # Imported on first use: the parser is pure Python, the chunking needs torch and the tokenizer.
 _LAZY = {
@@ -20,12 +20,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'nbdiffuse.prompts' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
