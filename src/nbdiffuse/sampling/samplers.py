@@ -18,7 +18,8 @@ import math
 import numpy as np
 import torch
 
-from .base import NoiseSource, StepState, append_zero, get_ancestral_step, to_d
+from .base import NoiseSource, StepState, get_ancestral_step, to_d
+from .schedules import karras
 
 __all__ = [
     "sample_dpm_2",
@@ -84,14 +85,6 @@ def _sigma_fn(t):
 def _t_fn(sigma):
     """Log-SNR time ``t = -log(sigma)`` of a noise level."""
     return sigma.log().neg()
-
-
-def _karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. (2022) schedule of ``n`` sigmas plus a final 0 (k-diffusion's ``get_sigmas_karras``)."""
-    ramp = torch.linspace(0, 1, n)
-    min_inv_rho = sigma_min ** (1 / rho)
-    max_inv_rho = sigma_max ** (1 / rho)
-    return append_zero((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho)
 
 
 # --- Euler, Heun, DPM2, LMS --------------------------------------------------------------------------------
@@ -582,7 +575,7 @@ def _restart_steps(sigmas, restart_list):
         if steps >= 20:
             restart_steps, restart_times = (steps // 4, 2) if steps >= 36 else (9, 1)
             main_steps = steps - restart_steps * restart_times
-            sigmas = _karras(main_steps, float(sigmas[-2]), float(sigmas[0])).to(sigmas)
+            sigmas = karras(main_steps, float(sigmas[-2]), float(sigmas[0])).to(sigmas)
             restart_list = {0.1: [restart_steps + 1, restart_times, 2]}
     restart_at = {int(torch.argmin((sigmas - key).abs())): value for key, value in restart_list.items()}
     step_list = []
@@ -592,7 +585,7 @@ def _restart_steps(sigmas, restart_list):
             restart_steps, restart_times, restart_max = restart_at[i + 1]
             min_idx, max_idx = i + 1, int(torch.argmin((sigmas - restart_max).abs()))
             if max_idx < min_idx:
-                sigma_restart = _karras(restart_steps, float(sigmas[min_idx]), float(sigmas[max_idx]))
+                sigma_restart = karras(restart_steps, float(sigmas[min_idx]), float(sigmas[max_idx]))
                 sigma_restart = sigma_restart.to(sigmas)[:-1]
                 step_list.extend(list(zip(sigma_restart[:-1], sigma_restart[1:])) * restart_times)
     return step_list

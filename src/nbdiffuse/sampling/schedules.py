@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..suggest import suggest
+from .base import append_zero
 
 __all__ = [
     "SCHEDULES", "ScheduleSpec", "resolve_schedule", "compute_sigmas", "sigma_to_t", "vp_sigma_to_t", "t_to_sigma",
@@ -92,8 +93,7 @@ def t_to_sigma(t, model_sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def _append_zero(x: torch.Tensor) -> torch.Tensor:
-    x = x.to(torch.float32)
-    return torch.cat([x, x.new_zeros([1])])
+    return append_zero(x.to(torch.float32))
 
 
 def _need(model_sigmas, name: str) -> torch.Tensor:
