@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from nbdiffuse.models.errors import ModelLoadError
+from nbdiffuse.models.hashing import hashes_field
 
 EXTENSIONS = (".pt", ".bin", ".safetensors")
 MAX_VECTORS = 75  # one chunk: an embedding longer than this cannot be placed (A1111 would corrupt the chunk)
@@ -323,12 +324,4 @@ def load_embeddings(folder, bundle=None, widths: tuple[int, ...] | None = None, 
 def ti_hashes(embeddings: Iterable[Embedding]) -> str:
     """The infotext ``TI hashes`` value: ``"name: hash10, ..."`` (A1111 drops ``:`` and ``,`` from names and
     leaves out embeddings without a hash)."""
-    out, seen = [], set()
-    for embedding in embeddings:
-        if not embedding.hash10:
-            continue
-        name = embedding.name.replace(":", "").replace(",", "")
-        if name not in seen:
-            seen.add(name)
-            out.append(f"{name}: {embedding.hash10}")
-    return ", ".join(out)
+    return hashes_field((embedding.name, embedding.hash10) for embedding in embeddings)

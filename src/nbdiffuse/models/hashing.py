@@ -124,3 +124,18 @@ def addnet_hash(path, *, use_cache: bool = True) -> str:
         return _sha256_file(p, offset=_safetensors_data_offset(p))
 
     return _cached("addnet", path, compute) if use_cache else compute(Path(path))
+
+
+def hashes_field(named_hashes) -> str:
+    """An infotext ``Lora hashes`` / ``TI hashes`` value from ``(name, hash)`` pairs: ``"name: hash, ..."``, as
+    A1111 writes it (``:`` and ``,`` dropped from names, the first of each name kept, pairs without a hash left out).
+
+    >>> hashes_field([("detail, v2", "0123456789ab"), ("detail, v2", "ffff"), ("nohash", None)])
+    'detail v2: 0123456789ab'
+    """
+    out: dict[str, str] = {}
+    for name, digest in named_hashes:
+        if digest:
+            out.setdefault(name.replace(":", "").replace(",", ""), digest)
+    return ", ".join(f"{name}: {digest}" for name, digest in out.items())
+

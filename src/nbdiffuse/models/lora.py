@@ -42,7 +42,7 @@ from typing import NamedTuple
 import torch
 
 from nbdiffuse.models.errors import ModelLoadError
-from nbdiffuse.models.hashing import addnet_hash, sha256
+from nbdiffuse.models.hashing import addnet_hash, hashes_field, sha256
 
 __all__ = ["LoRA", "LoraHandle", "LoraModule", "LoraWeights", "addnet_hash", "apply_loras", "check_lora",
            "load_lora", "lora_hashes", "lora_key_map", "lora_tag_weights"]
@@ -370,15 +370,7 @@ def lora_tag_weights(net) -> LoraWeights:
 
 def lora_hashes(loras) -> str:
     """The infotext ``Lora hashes`` value, ``"name: hash12, ..."`` (A1111 strips ``:`` and ``,`` from names)."""
-    out, seen = [], set()
-    for lora in loras:
-        if not lora.hash12:
-            continue
-        name = lora.name.replace(":", "").replace(",", "")
-        if name not in seen:
-            seen.add(name)
-            out.append(f"{name}: {lora.hash12}")
-    return ", ".join(out)
+    return hashes_field((lora.name, lora.hash12) for lora in loras)
 
 
 @dataclass
