@@ -296,3 +296,17 @@ def test_schedule_type_is_written_as_a1111_writes_it(session, sampler, scheduler
     assert infotext.parse(r.infotexts[0])["Schedule type"] == written
     again = session.txt2img(**infotext.to_params(r.infotexts[0]))
     assert torch.equal(again.latents, r.latents)
+
+
+def test_a_broken_vae_is_reported_once_per_job_not_once_per_image(session):
+    def poison(module, args, output):
+        return output * float("nan")
+
+    handle = session.model.vae.decoder.register_forward_hook(poison)
+    try:
+        with pytest.warns(UserWarning, match="The VAE produced NaN/inf pixels even in float32"):
+            result = session.txt2img(prompt="a", steps=1, width=64, height=64, batch_size=3)
+    finally:
+        handle.remove()
+    assert len(result.images) == 3
+    assert sum("The VAE produced NaN/inf" in w for w in result.warnings) == 1

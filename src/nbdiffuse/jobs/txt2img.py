@@ -157,6 +157,12 @@ def vae_scaling(vae) -> tuple[float, float]:
     return float(getattr(config, "scaling_factor", 0.18215)), float(getattr(config, "shift_factor", None) or 0.0)
 
 
+def _note_once(notes: list[str], note: str) -> None:
+    """Add ``note`` unless the job already said it (images are decoded and saved one at a time)."""
+    if note not in notes:
+        notes.append(note)
+
+
 @torch.no_grad()
 def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image.Image]:
     """VAE-decode latents to PIL images; a NaN decode in half precision is redone in float32 (and kept so).
@@ -174,12 +180,12 @@ def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image
     pixels = run()
     if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
         vae.to(torch.float32)
-        warnings_out.append("The VAE produced NaNs in half precision; decoded again in float32 (the VAE stays "
-                            "in float32 for this session).")
+        _note_once(warnings_out, "The VAE produced NaNs in half precision; decoded again in float32 (the VAE "
+                                 "stays in float32 for this session).")
         pixels = run()
     if not torch.isfinite(pixels).all():
-        warnings_out.append("The VAE produced NaN/inf pixels even in float32: the latents are broken; "
-                            "the affected pixels are black.")
+        _note_once(warnings_out, "The VAE produced NaN/inf pixels even in float32: the latents are broken; "
+                                 "the affected pixels are black.")
         pixels = torch.nan_to_num(pixels, nan=-1.0, posinf=1.0, neginf=-1.0)
     pixels = ((pixels + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray((px * 255).round().astype(np.uint8)) for px in pixels]
@@ -425,10 +431,8 @@ def decode_and_save(bundle, x: torch.Tensor, seeds: Sequence[int], fields_for: C
                 try:
                     paths[-1] = save_image(image, target, seed=seeds[i], infotext=text)
                 except OSError as e:
-                    note = (f"Could not save images to {target} ({type(e).__name__}: {e}); they are kept in the "
-                            "Result: result.save(folder) writes them elsewhere.")
-                    if note not in notes:
-                        notes.append(note)
+                    _note_once(notes, f"Could not save images to {target} ({type(e).__name__}: {e}); they are "
+                                      "kept in the Result: result.save(folder) writes them elsewhere.")
                 timings["save_s"] = timings.get("save_s", 0.0) + time.perf_counter() - t
     except KeyboardInterrupt:
         if control is None:
