@@ -51,7 +51,7 @@ def full_bundle(arch: str):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from nbdiffuse.models.bundle import ModelBundle, scaled_linear_alphas_cumprod
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
 
     def clip(hidden, inner, layers, heads, act, pad, proj):
         return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=inner,

@@ -43,7 +43,7 @@ def build_model():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from nbdiffuse.models.bundle import ModelBundle, scaled_linear_alphas_cumprod
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
 
     tokenizer = clip_tokenizer("clip_l")
     with torch.random.fork_rng(devices=[]):

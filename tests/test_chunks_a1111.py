@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from nbdiffuse.models.tokenizer import clip_tokenizer, encode
 from nbdiffuse.prompts.conditioning import TokenCount, count_tokens, tokenize_chunks
-from nbdiffuse.prompts.tokenizer import clip_tokenizer, encode
 
 FIXTURE = Path(__file__).parent / "fixtures" / "a1111" / "tokenizer_a1111.json.gz"
 

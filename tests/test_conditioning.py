@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from nbdiffuse.models.tokenizer import clip_tokenizer
 from nbdiffuse.prompts.conditioning import TextEncoder, count_tokens, final_layer_norm, tokenize_chunks
-from nbdiffuse.prompts.tokenizer import clip_tokenizer
 
 TOK = clip_tokenizer()
 BOS, EOS, COMMA = 49406, 49407, 267

@@ -127,7 +127,7 @@ def test_sdxl_pair_substitutes_both_encoders_and_pooled(tmp_path, sdxl_model):
 
 
 def test_weight_of_surrounding_text_and_longest_match(tmp_path):
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
 
     tok = clip_tokenizer("clip_l")
     short = load_embedding(write(tmp_path / "neg.pt", "pt-emb_params", _vec(1, 8, 1)))
@@ -146,7 +146,7 @@ def test_weight_of_surrounding_text_and_longest_match(tmp_path):
 
 
 def test_embedding_that_overflows_the_chunk_starts_a_new_one(tmp_path):
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
 
     tok = clip_tokenizer("clip_l")
     three = load_embedding(write(tmp_path / "myemb.pt", "pt-emb_params", _vec(3, 8, 3)))
@@ -159,7 +159,7 @@ def test_embedding_that_overflows_the_chunk_starts_a_new_one(tmp_path):
 
 
 def test_comma_backtrack_moves_the_embedding_with_its_text(tmp_path):
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
 
     tok = clip_tokenizer("clip_l")
     three = load_embedding(write(tmp_path / "myemb.pt", "pt-emb_params", _vec(3, 8, 3)))

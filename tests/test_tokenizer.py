@@ -11,8 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from nbdiffuse.prompts import tokenizer as tokmod  # noqa: E402
-from nbdiffuse.prompts.tokenizer import BOS_ID, EOS_ID, clip_tokenizer  # noqa: E402
+from nbdiffuse.models import tokenizer as tokmod  # noqa: E402
+from nbdiffuse.models.tokenizer import BOS_ID, EOS_ID, clip_tokenizer  # noqa: E402
 
 CAT = [49406, 320, 1125, 539, 320, 2368, 49407]
 # Known SD ids (e.g. diffusers' docs / any SD1 pipeline run) for this prompt.
@@ -97,7 +97,7 @@ def test_fresh_process_without_offline_env_never_touches_network():
             raise OSError("blocked")
         socket.socket.connect = socket.socket.connect_ex = refuse
         socket.create_connection = socket.getaddrinfo = refuse
-        from nbdiffuse.prompts.tokenizer import clip_tokenizer
+        from nbdiffuse.models.tokenizer import clip_tokenizer
         ids = [clip_tokenizer(k)("a photo of a cat").input_ids for k in ("clip_l", "open_clip")]
         assert ids == [[49406, 320, 1125, 539, 320, 2368, 49407]] * 2, ids
         assert not tried, tried
@@ -128,7 +128,7 @@ def a1111_tokens():
 
 
 def _mismatches(entries, kind):
-    from nbdiffuse.prompts.tokenizer import token_ids
+    from nbdiffuse.models.tokenizer import token_ids
 
     texts = [e["text"] for e in entries]
     expected = [e[kind] if e[kind] is not None else e["clip_l"] for e in entries]
@@ -156,8 +156,8 @@ def test_fixture_exercises_the_clean_up(a1111_tokens):
 
 
 def test_cjk_prompt_is_41_tokens_as_in_a1111(a1111_tokens):
+    from nbdiffuse.models.tokenizer import clean_text, encode
     from nbdiffuse.prompts.conditioning import count_tokens
-    from nbdiffuse.prompts.tokenizer import clean_text, encode
 
     prompt = "一只可爱的猫，坐在窗台上，阳光，高清"
     (entry,) = [e for e in a1111_tokens["tokens"] if e["text"] == prompt]
@@ -174,13 +174,13 @@ def test_cjk_prompt_is_41_tokens_as_in_a1111(a1111_tokens):
     ("<b>fish &amp; chips</b>", "<b>fish &amp; chips</b>", "<b>fish & chips</b>"),
 ])
 def test_clean_text_per_encoder(text, clip_l, open_clip):
-    from nbdiffuse.prompts.tokenizer import clean_text
+    from nbdiffuse.models.tokenizer import clean_text
 
     assert clean_text(text, "clip_l") == clip_l and clean_text(text, "open_clip") == open_clip
 
 
 def test_special_token_spelling_differs_per_encoder():
-    from nbdiffuse.prompts.tokenizer import encode
+    from nbdiffuse.models.tokenizer import encode
 
     assert encode("a <|endoftext|>") == [320, EOS_ID]
     assert encode("a <end_of_text>", "open_clip") == [320, EOS_ID]
@@ -188,7 +188,7 @@ def test_special_token_spelling_differs_per_encoder():
 
 
 def test_other_tokenizers_get_the_clean_up_too():
-    from nbdiffuse.prompts.tokenizer import token_ids, tokenizer_kind
+    from nbdiffuse.models.tokenizer import token_ids, tokenizer_kind
 
     other = copy.deepcopy(clip_tokenizer("open_clip"))  # not the shipped object: known by vocabulary and pad id
     assert tokenizer_kind(other) == "open_clip" and tokenizer_kind(clip_tokenizer()) == "clip_l"

@@ -204,7 +204,7 @@ def test_text_encoder_keeps_a_fixed_non_zero_mean_through_training():
     """The final LayerNorm bias is pinned at TEXT_MEAN so A1111's mean-restoring emphasis stays well defined."""
     import torch
 
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
     from nbdiffuse.toy.train import TEXT_MEAN, build_models, tokenize, train_diffusion
 
     unet, _vae, text_encoder = build_models(0)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from nbdiffuse.models.bundle import ModelBundle, scaled_linear_alphas_cumprod
-from nbdiffuse.prompts.tokenizer import clip_tokenizer
+from nbdiffuse.models.tokenizer import clip_tokenizer
 
 # The sizes used below (also handy for tests).
 SAMPLE_SIZE = 8  # latent side; image side = 64
@@ -274,7 +274,7 @@ def _add_slow_tokenizer_files(bundle: ModelBundle, folder: Path) -> None:
     ``CLIPTokenizer``) also have ``vocab.json``/``merges.txt``: add them if the vocabulary is stock CLIP's."""
     import shutil
 
-    from nbdiffuse.prompts.tokenizer import is_clip_vocab, tokenizer_files
+    from nbdiffuse.models.tokenizer import is_clip_vocab, tokenizer_files
 
     for sub, tok in zip(("tokenizer", "tokenizer_2"), bundle.tokenizers):
         target = folder / sub

@@ -124,7 +124,7 @@ def prompt_tokens(prompt: str, tokenizer) -> list[int]:
 
 def word_positions(prompt: str, word: str, tokenizer) -> list[int]:
     """Context positions of ``word`` (all its BPE tokens, every occurrence) in ``prompt``'s conditioning."""
-    from ..prompts.tokenizer import token_ids
+    from ..models.tokenizer import token_ids
 
     ids = prompt_tokens(prompt, tokenizer)
     word_ids = token_ids([word], tokenizer)[0]

@@ -379,7 +379,7 @@ def infer_vae_config(shapes: dict, path, hints: dict, family: str) -> dict:
 def _te_config(shapes: dict, fmt: str, kind: str, hints: dict, n_layers: int, projection: bool):
     from transformers import CLIPTextConfig
 
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
 
     if fmt == "hf":
         vocab, hidden = shapes["text_model.embeddings.token_embedding.weight"]
@@ -835,7 +835,7 @@ def _a1111_v_test(unet, context_dim: int) -> float:
 
 
 def _build(plan: CheckpointPlan, *, device, dtype) -> ModelBundle:
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
 
     device = torch.device(device)
     timings = dict(plan.timings)

@@ -271,7 +271,7 @@ class EmbeddingDB:
 
 
 def build_lookup(embeddings: Iterable[Embedding], tokenizer) -> dict[int, list[tuple[tuple[int, ...], Embedding]]]:
-    from nbdiffuse.prompts.tokenizer import token_ids
+    from nbdiffuse.models.tokenizer import token_ids
 
     table: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
     for embedding in embeddings:

@@ -79,8 +79,8 @@ def _dtype_kwarg() -> str:
 def _load_tokenizer(root: Path, sub: str, kind: str, info_list: list):
     """The folder's tokenizer, or our shipped CLIP tokenizer of ``kind`` when the folder has none or has
     exactly the stock CLIP vocabulary (the shipped one tokenises "!" like open_clip/A1111, see
-    :func:`nbdiffuse.prompts.tokenizer.clip_tokenizer`)."""
-    from nbdiffuse.prompts.tokenizer import EOS_ID, MODEL_MAX_LENGTH, clip_tokenizer, is_clip_vocab
+    :func:`nbdiffuse.models.tokenizer.clip_tokenizer`)."""
+    from nbdiffuse.models.tokenizer import EOS_ID, MODEL_MAX_LENGTH, clip_tokenizer, is_clip_vocab
 
     folder = root / sub
     if not folder.is_dir():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .parser import parse_attention, schedule, split_and
-from .tokenizer import token_ids
+from ..models.tokenizer import token_ids
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
@@ -93,7 +93,7 @@ def tokenize_chunks(text: str, tokenizer=None, emphasis: str = "Original",
 
     ``token_count`` counts every non-final chunk as 75 and the last one by its real tokens (the UI counter).
     Each emphasis run is tokenised as A1111 does for ``tokenizer``'s encoder
-    (:func:`~nbdiffuse.prompts.tokenizer.token_ids`: ftfy first, so ``，`` is a comma for the backtracking too).
+    (:func:`~nbdiffuse.models.tokenizer.token_ids`: ftfy first, so ``，`` is a comma for the backtracking too).
     ``pad_id`` replaces the positions after the first EOS (0 for OpenCLIP encoders); default: EOS.
 
     ``embeddings`` (an ``EmbeddingDB`` or a list of ``Embedding``): where an embedding's name tokens occur (longest
@@ -105,7 +105,7 @@ def tokenize_chunks(text: str, tokenizer=None, emphasis: str = "Original",
     if emphasis not in EMPHASIS_MODES:
         raise ValueError(f"emphasis={emphasis!r} is not valid: choose one of {', '.join(EMPHASIS_MODES)}")
     if tokenizer is None:
-        from .tokenizer import clip_tokenizer
+        from ..models.tokenizer import clip_tokenizer
 
         tokenizer = clip_tokenizer()
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -184,7 +184,7 @@ def count_tokens(prompt: str, tokenizer=None, embeddings=None) -> TokenCount:
     '76/150'
     """
     if tokenizer is None:
-        from .tokenizer import clip_tokenizer
+        from ..models.tokenizer import clip_tokenizer
 
         tokenizer = clip_tokenizer()
     from .parser import extract_extra_networks

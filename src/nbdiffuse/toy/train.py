@@ -366,7 +366,7 @@ def save_folder(out: Path, unet, vae, text_encoder, preview: list, info: dict) -
     checkpoint) beside ``preview.json`` (the cheap-preview matrix) and ``training.json``."""
     from nbdiffuse.models.bundle import ModelBundle, scaled_linear_alphas_cumprod
     from nbdiffuse.models.save import save_checkpoint
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
     from nbdiffuse.toy import CHECKPOINT_NAME
 
     out = Path(out)
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
                    help="share of the time left after rendering given to the decoder fine-tuning")
     args = p.parse_args(argv)
 
-    from nbdiffuse.prompts.tokenizer import clip_tokenizer
+    from nbdiffuse.models.tokenizer import clip_tokenizer
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

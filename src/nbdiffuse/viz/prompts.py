@@ -115,7 +115,7 @@ def explain_prompt(prompt: str, steps: int = 20, tokenizer=None, hires_steps: in
     >>> explain_prompt("a [red:blue:0.5] (circle:1.3) BREAK on a white background", steps=20)  # doctest: +SKIP
     """
     if tokenizer is None:
-        from ..prompts.tokenizer import clip_tokenizer
+        from ..models.tokenizer import clip_tokenizer
 
         tokenizer = clip_tokenizer()
     text, networks = extract_extra_networks(prompt)
