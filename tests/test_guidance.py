@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from nbdiffuse.prompts.conditioning import Cond
-from nbdiffuse.sampling.guidance import CFGDenoiser, cond_at, pad_context
+from nbdiffuse.sampling.guidance import CFGDenoiser, Cond, cond_at, pad_context
 
 
 class ValueDenoiser:

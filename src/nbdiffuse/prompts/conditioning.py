@@ -18,24 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .parser import parse_attention, schedule, split_and
 from ..models.tokenizer import token_ids
+from ..sampling.guidance import Cond
+from .parser import parse_attention, schedule, split_and
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
-
-
-@dataclass(frozen=True)
-class Cond:
-    """One text encoded for the UNet: ``context`` (tokens, features) and, for SDXL, ``pooled`` (features,)."""
-
-    context: torch.Tensor
-    pooled: torch.Tensor | None = None
-
-    @property
-    def tokens(self) -> int:
-        return int(self.context.shape[-2])
 
 
 @dataclass

@@ -11,11 +11,27 @@ Conditioning is data, not state: a :class:`Cond` is one text's encoding, a *sche
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from ..prompts.conditioning import Cond
 from .denoiser import Denoiser
+
+
+@dataclass(frozen=True)
+class Cond:
+    """One text encoded for the UNet: ``context`` (tokens, features) and, for SDXL, ``pooled`` (features,).
+
+    :mod:`nbdiffuse.prompts.conditioning` makes them; guidance and samplers only consume them, so the type lives here.
+    """
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    @property
+    def tokens(self) -> int:
+        return int(self.context.shape[-2])
+
 
 Schedule = Sequence[tuple[int, Cond]]
 
