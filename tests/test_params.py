@@ -98,3 +98,17 @@ def test_to_dict_round_trips():
 def test_a_lone_surrogate_in_a_prompt_is_refused_naming_the_field_and_position():
     with pytest.raises(ValueError, match=r"negative_prompt is not valid: it contains '\\ud800' at position 3"):
         make(prompt="ok", negative_prompt="abc\ud800def")
+
+
+@pytest.mark.parametrize("fields", [
+    {"sampler_name": "Euler a", "steps": 3, "n_iter": 2},
+    {"sampler_name": "DPM++ 2M", "steps": 4, "batch_size": 2},
+    {"sampler_name": "Heun", "steps": 3, "n_iter": 2},  # second order: two model calls, one step
+    {"sampler_name": "Euler", "steps": 3, "enable_hr": True, "hr_scale": 1.5},  # hires: the first pass's steps
+    {"sampler_name": "DPM2", "steps": 2, "n_iter": 2, "enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 3,
+     "denoising_strength": 0.5},
+])
+def test_total_steps_is_the_number_of_steps_a_job_reports(session, fields):
+    calls = []
+    result = session.txt2img(prompt="a red circle", width=64, height=64, hooks=[calls.append], **fields)
+    assert result.params.total_steps == len(calls)

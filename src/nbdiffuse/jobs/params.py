@@ -276,6 +276,25 @@ class GenerationParams:
     def total_images(self) -> int:
         return self.batch_size * self.n_iter
 
+    @property
+    def hr_steps_used(self) -> int:
+        """The hires second pass's steps: ``hr_second_pass_steps``, else (0) the first pass's ``steps``."""
+        return self.hr_second_pass_steps or self.steps
+
+    @property
+    def total_steps(self) -> int:
+        """The steps a job reports progress for (one per hook call): ``n_iter`` batches of ``steps``, plus the
+        hires second pass when ``enable_hr``. A step is a sampler step, so second-order samplers (Heun, DPM2, ...)
+        count once per step although they call the model twice. The samplers that choose their own steps (DDIM,
+        PLMS, UniPC, DPM fast, DPM adaptive) report a different number; progress bars grow to fit.
+
+        >>> GenerationParams(steps=20, n_iter=2).total_steps
+        40
+        >>> GenerationParams(steps=20, sampler_name="Heun", enable_hr=True, hr_second_pass_steps=10).total_steps
+        30
+        """
+        return (self.steps + (self.hr_steps_used if self.enable_hr else 0)) * self.n_iter
+
     def replace(self, **changes) -> GenerationParams:
         return dataclasses.replace(self, **changes)
 
