@@ -47,14 +47,22 @@ import torch
 
 from nbdiffuse.models.bundle import ModelBundle, scaled_linear_alphas_cumprod
 from nbdiffuse.models.errors import ModelLoadError
+from nbdiffuse.models.keymap import (
+    REFINER_TE,
+    SD1_TE,
+    SD2_TE,
+    UNET_PREFIX,
+    VAE_PREFIXES,
+    XL_TE1,
+    XL_TE2,
+    apply_op,
+    op_shape,
+    openclip_key_map,
+    te_canonical_keys,
+    unet_key_map,
+    vae_key_to_ldm,
+)
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIXES = ("first_stage_model.", "vae.")
-SD1_TE = "cond_stage_model.transformer."
-SD2_TE = "cond_stage_model.model."
-XL_TE1 = "conditioner.embedders.0.transformer."
-XL_TE2 = "conditioner.embedders.1.model."
-REFINER_TE = "conditioner.embedders.0.model."
 ARCH_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL base", "sdxl_refiner": "SDXL refiner"}
 SDXL_BASE_TRANSFORMER_BLOCKS = 70
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -253,7 +261,7 @@ def _groups(channels, hint) -> int:
 
 def infer_unet_config(shapes: dict, family: str, hints: dict, path) -> tuple[dict, dict]:
     """diffusers ``UNet2DConditionModel`` kwargs from LDM UNet shapes (keys without ``model.diffusion_model.``);
-    returns (config, layout) where layout holds what the key mapping needs."""
+    returns (config, layout) where layout counts the transformer blocks and says whether they are symmetric."""
     def fail(problem):
         raise ModelLoadError(path, f"unknown architecture: {problem}")
 
@@ -344,8 +352,7 @@ def infer_unet_config(shapes: dict, family: str, hints: dict, path) -> tuple[dic
             config[k] = hints[k]
     n_blocks = sum(map(sum, down_depth)) + mid_depth + sum(map(sum, up_depth))
     uniform = not need_reverse and all(isinstance(x, int) for x in tl)
-    layout = {"lpb": lpb, "up_has_attn": [bool(d[0]) for d in up_depth], "transformer_blocks": n_blocks,
-              "levels": levels, "symmetric": uniform}
+    layout = {"transformer_blocks": n_blocks, "levels": levels, "symmetric": uniform}
     return config, layout
 
 
@@ -400,136 +407,6 @@ def _te_config(shapes: dict, fmt: str, kind: str, hints: dict, n_layers: int, pr
                   pad_token_id=tok.pad_token_id)
     kwargs.update({k: v for k, v in hints.items() if k in HINT_KEYS["text_encoder"]})
     return CLIPTextConfig(**kwargs), projection
-
-
-# --------------------------------------------------------------------------------------------- key mappings
-# module key -> (file key, op); ops: None, "T" (transpose), "squeeze" (1x1 conv -> linear), ("chunk", i, n)
-_RES_TO_LDM = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
-               ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))
-_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-
-
-def _res(rest: str) -> str:
-    for a, b in _RES_TO_LDM:
-        if rest.startswith(a + "."):
-            return b + rest[len(a):]
-    return rest
-
-
-def unet_key_to_ldm(key: str, layout: dict) -> str:
-    """diffusers UNet parameter name -> LDM name (without ``model.diffusion_model.``)."""
-    lpb = layout["lpb"]
-    head, _, rest = key.partition(".")
-    top = key.rsplit(".", 1)[0]
-    if top in _UNET_TOP:
-        return f"{_UNET_TOP[top]}.{key.rsplit('.', 1)[1]}"
-    m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.*)", key)
-    if m:
-        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        if kind == "downsamplers":
-            return f"input_blocks.{(b + 1) * (lpb + 1)}.0.op.{rest.removeprefix('conv.')}"
-        i = 1 + b * (lpb + 1) + j
-        return f"input_blocks.{i}.0.{_res(rest)}" if kind == "resnets" else f"input_blocks.{i}.1.{rest}"
-    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key)
-    if m:
-        kind, j, rest = m[1], int(m[2]), m[3]
-        return f"middle_block.{2 * j}.{_res(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"
-    m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.*)", key)
-    if m:
-        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        if kind == "upsamplers":
-            idx = 2 if layout["up_has_attn"][b] else 1
-            return f"output_blocks.{b * (lpb + 1) + lpb}.{idx}.{rest}"
-        i = b * (lpb + 1) + j
-        return f"output_blocks.{i}.0.{_res(rest)}" if kind == "resnets" else f"output_blocks.{i}.1.{rest}"
-    raise KeyError(key)
-
-
-def vae_key_to_ldm(key: str, levels: int) -> tuple[str, object]:
-    """diffusers VAE parameter name -> (LDM name, op)."""
-    def res(rest):
-        return rest.replace("conv_shortcut.", "nin_shortcut.")
-
-    m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key)
-    if m:
-        part, rest = m[1], m[2]
-        name, _, leaf = rest.rpartition(".")
-        ldm = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}[name]
-        return f"{part}.mid.attn_1.{ldm}.{leaf}", ("squeeze" if leaf == "weight" and ldm != "norm" else None)
-    m = re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key)
-    if m:
-        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{res(m[3])}", None
-    m = re.match(r"encoder\.down_blocks\.(\d+)\.(resnets|downsamplers)\.(\d+)\.(.*)", key)
-    if m:
-        if m[2] == "downsamplers":
-            return f"encoder.down.{m[1]}.downsample.{m[4]}", None
-        return f"encoder.down.{m[1]}.block.{m[3]}.{res(m[4])}", None
-    m = re.match(r"decoder\.up_blocks\.(\d+)\.(resnets|upsamplers)\.(\d+)\.(.*)", key)
-    if m:
-        i = levels - 1 - int(m[1])
-        if m[2] == "upsamplers":
-            return f"decoder.up.{i}.upsample.{m[4]}", None
-        return f"decoder.up.{i}.block.{m[3]}.{res(m[4])}", None
-    return key.replace("conv_norm_out.", "norm_out."), None
-
-
-def openclip_key_map(module_key: str, n_heads_width: int) -> tuple[str, object]:
-    """transformers CLIP text-model name -> (OpenCLIP name, op)."""
-    k = module_key
-    if k == "text_model.embeddings.token_embedding.weight":
-        return "token_embedding.weight", None
-    if k == "text_model.embeddings.position_embedding.weight":
-        return "positional_embedding", None
-    if k.startswith("text_model.final_layer_norm."):
-        return "ln_final." + k.rsplit(".", 1)[1], None
-    if k == "text_projection.weight":
-        return "text_projection", "T"
-    m = re.match(r"text_model\.encoder\.layers\.(\d+)\.(.*)", k)
-    if not m:
-        raise KeyError(k)
-    i, rest = m[1], m[2]
-    pre = f"transformer.resblocks.{i}."
-    m2 = re.match(r"self_attn\.(q|k|v)_proj\.(weight|bias)", rest)
-    if m2:
-        return pre + f"attn.in_proj_{m2[2]}", ("chunk", "qkv".index(m2[1]), 3)
-    for a, b in (("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."),
-                 ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")):
-        if rest.startswith(a):
-            return pre + b + rest[len(a):], None
-    raise KeyError(k)
-
-
-def te_canonical_keys(module) -> dict:
-    """transformers text-model state-dict key -> canonical ``text_model.``-prefixed name (transformers 5's
-    ``CLIPTextModel`` drops the ``text_model.`` level that files and ``CLIPTextModelWithProjection`` have)."""
-    keys = [k for k in module.state_dict() if not k.endswith("position_ids")]
-    if hasattr(module, "text_model"):
-        return {k: k for k in keys}
-    return {k: (k if k.startswith("text_projection") else "text_model." + k) for k in keys}
-
-
-def _apply_op(t: torch.Tensor, op) -> torch.Tensor:
-    if op is None:
-        return t
-    if op == "T":
-        return t.t().contiguous()
-    if op == "squeeze":
-        return t.reshape(t.shape[0], t.shape[1]) if t.ndim == 4 else t
-    _, i, n = op
-    size = t.shape[0] // n
-    return t[i * size:(i + 1) * size]
-
-
-def _op_shape(shape: tuple, op) -> tuple:
-    if op is None:
-        return shape
-    if op == "T":
-        return tuple(reversed(shape))
-    if op == "squeeze":
-        return tuple(shape[:2]) if len(shape) == 4 else shape
-    return (shape[0] // op[2], *shape[1:])
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -587,7 +464,7 @@ def _validate(sd: StateDict, comp: _Component, module_keys: dict) -> None:
         if src is None or src[0] not in sd.tensors:
             missing.append(src[0] if src else key)
             continue
-        have = _op_shape(sd.shape(src[0]), src[1])
+        have = op_shape(sd.shape(src[0]), src[1])
         if tuple(have) != tuple(shape):
             wrong.append(f"{src[0]} {list(sd.shape(src[0]))} (expected {list(shape)})")
     if missing or wrong:
@@ -765,12 +642,10 @@ def _inspect(sd: StateDict, t0: float) -> CheckpointPlan:
                                           f"{pooled} pooled + {n_ids} time ids")
         unet_config["addition_time_embed_dim"] = (adm - pooled) // n_ids
     unet_module = _meta_module(_Component("unet", UNet2DConditionModel, unet_config, {}))
-    sources = {}
-    for key in unet_module.state_dict():
-        try:
-            sources[key] = (UNET_PREFIX + unet_key_to_ldm(key, layout), None)
-        except KeyError:
-            raise ModelLoadError(sd.path, f"unknown architecture: no LDM name for UNet parameter {key}") from None
+    try:
+        sources = {key: (UNET_PREFIX + ldm, None) for key, ldm in unet_key_map(unet_module).items()}
+    except KeyError as e:
+        raise ModelLoadError(sd.path, f"unknown architecture: no LDM name for UNet parameter {e.args[0]}") from None
     unet = _Component("unet", UNet2DConditionModel, unet_config, sources, {}, unet_module)
     _validate(sd, unet, {k: tuple(v.shape) for k, v in unet_module.state_dict().items()})
     mapped = {src for src, _ in sources.values()}
@@ -851,7 +726,7 @@ def _build(plan: CheckpointPlan, *, device, dtype) -> ModelBundle:
     for comp, module in zip(plan.components, modules):
         state = {}
         for key, (src, op) in comp.sources.items():
-            v = _apply_op(tensors[src], op)
+            v = apply_op(tensors[src], op)
             if v.is_floating_point():
                 v = v.to(device=device, dtype=dtype)
             else:
@@ -970,7 +845,7 @@ def load_vae(path, *, device="cpu", dtype: torch.dtype = torch.float32, scaling_
     device = torch.device(device)
     state = {}
     for key, (src, op) in comp.sources.items():
-        v = _apply_op(keys[src], op)
+        v = apply_op(keys[src], op)
         state[key] = v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
     module.load_state_dict(state, strict=True, assign=True)
     module.eval()

@@ -43,6 +43,7 @@ import torch
 
 from nbdiffuse.models.errors import ModelLoadError
 from nbdiffuse.models.hashing import addnet_hash, hashes_field, sha256
+from nbdiffuse.models.keymap import unet_ldm_prefixes, unet_name_to_ldm
 
 __all__ = ["LoRA", "LoraHandle", "LoraModule", "LoraWeights", "addnet_hash", "apply_loras", "check_lora",
            "load_lora", "lora_hashes", "lora_key_map", "lora_tag_weights"]
@@ -65,11 +66,6 @@ _UNSUPPORTED = {
     "oft_": "OFT/BOFT is not supported",
     "ia3": "IA3 is not supported",
 }
-_RESNET_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_TOP_LDM = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-            "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
-            "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
 
 
 def family_name(arch: str | None) -> str:
@@ -265,61 +261,15 @@ def load_lora(path, name: str | None = None, hash: bool = True) -> LoRA:
 # Matching keys to the loaded model's layers
 # --------------------------------------------------------------------------------------------------
 
-def _ldm_unet_names(unet: torch.nn.Module) -> dict[str, str]:
-    """diffusers module-path prefix -> LDM (original SD / kohya-SDXL) prefix, from the UNet's block layout."""
-    out = dict(_TOP_LDM)
-    index = 1
-    for i, block in enumerate(getattr(unet, "down_blocks", [])):
-        for j in range(len(block.resnets)):
-            out[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{index}.0"
-            if getattr(block, "attentions", None) is not None and j < len(block.attentions):
-                out[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{index}.1"
-            index += 1
-        if getattr(block, "downsamplers", None):
-            out[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{index}.0.op"
-            index += 1
-    mid = getattr(unet, "mid_block", None)
-    if mid is not None:
-        out["mid_block.resnets.0"] = "middle_block.0"
-        if getattr(mid, "attentions", None):
-            out["mid_block.attentions.0"] = "middle_block.1"
-            out["mid_block.resnets.1"] = "middle_block.2"
-        elif len(mid.resnets) > 1:
-            out["mid_block.resnets.1"] = "middle_block.1"
-    index = 0
-    for i, block in enumerate(getattr(unet, "up_blocks", [])):
-        has_attn = getattr(block, "attentions", None) is not None and len(block.attentions) > 0
-        for j in range(len(block.resnets)):
-            out[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{index}.0"
-            if has_attn and j < len(block.attentions):
-                out[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{index}.1"
-            index += 1
-        if getattr(block, "upsamplers", None):
-            out[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{index - 1}.{2 if has_attn else 1}.conv"
-    return out
-
-
-def _to_ldm(name: str, prefixes: dict[str, str]) -> str | None:
-    parts = name.split(".")
-    for cut in range(len(parts), 0, -1):
-        head = ".".join(parts[:cut])
-        if head in prefixes:
-            rest = parts[cut:]
-            if ".resnets." in head or head.startswith("mid_block.resnets"):
-                rest = [_RESNET_LDM.get(rest[0], rest[0]), *rest[1:]] if rest else rest
-            return ".".join([prefixes[head], *rest])
-    return None
-
-
 def lora_key_map(bundle) -> dict[str, tuple[str, torch.nn.Module]]:
     """Every LoRA base key the model understands -> (``"unet"``/``"te0"``/``"te1"``, layer). Covers kohya's
     diffusers-named and LDM-named UNet keys and ``lora_te_``/``lora_te1_``/``lora_te2_`` text-encoder keys."""
     table: dict[str, tuple[str, torch.nn.Module]] = {}
-    prefixes = _ldm_unet_names(bundle.unet)
+    prefixes = unet_ldm_prefixes(bundle.unet)
     for name, module in bundle.unet.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             table[_UNET_PREFIX + name.replace(".", "_")] = ("unet", module)
-            ldm = _to_ldm(name, prefixes)
+            ldm = unet_name_to_ldm(name, prefixes)
             if ldm is not None:
                 table.setdefault(_UNET_PREFIX + ldm.replace(".", "_"), ("unet", module))
     te_prefixes = ["lora_te1_", "lora_te2_"] if len(bundle.text_encoders) == 2 else ["lora_te_"]

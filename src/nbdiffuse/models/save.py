@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from nbdiffuse.models.bundle import ModelBundle
-from nbdiffuse.models.checkpoint import (
-    HINT_KEYS,
+from nbdiffuse.models.checkpoint import HINT_KEYS
+from nbdiffuse.models.keymap import (
     REFINER_TE,
     SD1_TE,
     SD2_TE,
@@ -37,7 +37,7 @@ from nbdiffuse.models.checkpoint import (
     XL_TE2,
     openclip_key_map,
     te_canonical_keys,
-    unet_key_to_ldm,
+    unet_key_map,
     vae_key_to_ldm,
 )
 
@@ -109,11 +109,9 @@ def checkpoint_entries(bundle: ModelBundle, dtype: torch.dtype | None = None) ->
         entries.append((name, tuple(t.shape), out_dtype(t), lambda t=t: cast(t)))
 
     # UNet
-    cfg = bundle.unet.config
-    lpb = cfg.layers_per_block if isinstance(cfg.layers_per_block, int) else cfg.layers_per_block[0]
-    layout = {"lpb": lpb, "up_has_attn": [t.startswith("CrossAttn") for t in cfg.up_block_types]}
+    ldm = unet_key_map(bundle.unet)
     for k, t in bundle.unet.state_dict().items():
-        plain(UNET_PREFIX + unet_key_to_ldm(k, layout), t)
+        plain(UNET_PREFIX + ldm[k], t)
     # VAE
     levels = len(bundle.vae.config.block_out_channels)
     for k, t in bundle.vae.state_dict().items():
