@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from nbdiffuse import infotext
+from nbdiffuse.jobs.driver import plan_pass, run_pass
 from nbdiffuse.jobs.img2img import (
     img2img_step_counts,
     img2img_steps,
@@ -15,8 +16,8 @@ from nbdiffuse.jobs.img2img import (
     loopback_steps,
 )
 from nbdiffuse.jobs.params import GenerationParams
-from nbdiffuse.jobs.txt2img import PassPlan, encode, plan_pass, run_pass
 from nbdiffuse.jobs.upscalers import resize_image
+from nbdiffuse.models.vae import encode
 from nbdiffuse.prompts.conditioning import TextEncoder
 from nbdiffuse.sampling.base import StepState
 from nbdiffuse.sampling.base import run_to_end as run
@@ -99,11 +100,10 @@ def test_start_latent_is_init_plus_noise_times_sigma0_plus_extra_noise(sd1, extr
     enc = TextEncoder(sd1)
     p = GenerationParams(**BASE, extra_noise=extra, subseed=3)
     sigmas = compute_sigmas("Karras", 10, sd1.sigmas)[4:]
-    plan = plan_pass(sd1, p, enc, "a", "", sigmas)
-    plan = PassPlan(fake_spec(), {}, plan.sigmas, plan.conds, plan.uncond, plan.empty, 7.0, plan.time_ids)
+    plan = dataclasses.replace(plan_pass(sd1, p, enc, "a", "", sigmas, extra_noise=p.extra_noise),
+                               spec=fake_spec(), options={}, cfg_scale=7.0)
     init = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
-    gen = run_pass(plan, Denoiser(sd1.unet, sd1.alphas_cumprod), p, [7, 8], [3, 4], (4, 8, 8), init=init,
-                   extra_noise=extra)
+    gen = run_pass(plan, Denoiser(sd1.unet, sd1.alphas_cumprod), [7, 8], [3, 4], (4, 8, 8), init=init)
     x = run(gen).x
     noise = torch.stack([randn(7, (4, 8, 8)), randn(8, (4, 8, 8))])
     assert torch.allclose(x, init + noise * sigmas[0] + noise * extra, atol=1e-5)

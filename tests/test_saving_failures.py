@@ -5,7 +5,7 @@ import errno
 import pytest
 import torch
 
-import nbdiffuse.jobs.txt2img as txt2img_module
+import nbdiffuse.jobs.driver as driver_module
 from nbdiffuse.infotext import read_png
 
 PARAMS = dict(prompt="a red circle", steps=2, seed=3, width=64, height=64, sampler_name="Euler", batch_size=2,
@@ -21,7 +21,7 @@ def _failing_save(error):
 @pytest.mark.parametrize("error", [OSError(errno.EROFS, "Read-only file system"),
                                    OSError(errno.ENOSPC, "No space left on device")])
 def test_an_unwritable_folder_keeps_every_image_and_says_where_and_why(session, monkeypatch, error, tmp_path):
-    monkeypatch.setattr(txt2img_module, "save_image", _failing_save(error))
+    monkeypatch.setattr(driver_module, "save_image", _failing_save(error))
     with pytest.warns(UserWarning, match=r"Could not save images to .*txt2img-images \(OSError: .*"
                                          r"result.save\(folder\)"):
         result = session.txt2img(**PARAMS)
@@ -44,7 +44,7 @@ def test_a_file_where_the_outputs_folder_should_be(session, tmp_path):
 
 
 def test_ctrl_c_while_saving_keeps_what_was_done(session, monkeypatch):
-    real_save = txt2img_module.save_image
+    real_save = driver_module.save_image
     saved = []
 
     def save_then_ctrl_c(image, folder, **kwargs):
@@ -53,7 +53,7 @@ def test_ctrl_c_while_saving_keeps_what_was_done(session, monkeypatch):
         saved.append(real_save(image, folder, **kwargs))
         return saved[-1]
 
-    monkeypatch.setattr(txt2img_module, "save_image", save_then_ctrl_c)
+    monkeypatch.setattr(driver_module, "save_image", save_then_ctrl_c)
     with pytest.warns(UserWarning, match="Interrupted while decoding and saving: kept 2 of this batch's 2 images"):
         result = session.txt2img(**PARAMS)
     # the second image was decoded but not saved: it is kept, unsaved; the second batch never ran
@@ -64,7 +64,7 @@ def test_ctrl_c_while_saving_keeps_what_was_done(session, monkeypatch):
 
 
 def test_ctrl_c_while_decoding_keeps_the_images_already_decoded(session, monkeypatch):
-    real_decode = txt2img_module.decode
+    real_decode = driver_module.decode
     calls = []
 
     def decode_then_ctrl_c(bundle, latents, notes):
@@ -73,7 +73,7 @@ def test_ctrl_c_while_decoding_keeps_the_images_already_decoded(session, monkeyp
             raise KeyboardInterrupt
         return real_decode(bundle, latents, notes)
 
-    monkeypatch.setattr(txt2img_module, "decode", decode_then_ctrl_c)
+    monkeypatch.setattr(driver_module, "decode", decode_then_ctrl_c)
     with pytest.warns(UserWarning, match="kept 0 of this batch's 2 images"):
         result = session.txt2img(**PARAMS)
     assert result.interrupted and result.seeds == [3, 4] and len(result.images) == 2

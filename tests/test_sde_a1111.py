@@ -19,9 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nbdiffuse.jobs.driver import plan_pass
 from nbdiffuse.jobs.hires import plan_hires
 from nbdiffuse.jobs.params import GenerationParams
-from nbdiffuse.jobs.txt2img import plan_pass, txt2img_steps
+from nbdiffuse.jobs.txt2img import txt2img_steps
 from nbdiffuse.prompts.conditioning import TextEncoder
 from nbdiffuse.sampling.base import run_to_end as run
 from nbdiffuse.sampling.denoiser import Denoiser

@@ -537,9 +537,11 @@ def _recording_spec(name):
 @pytest.mark.parametrize("name", ["DDIM", "UniPC"])
 @pytest.mark.parametrize("extra", [0.0, 0.3])
 def test_driver_starts_from_a1111s_vp_latent_and_returns_the_last_latent_in_vp_scale(sd1, name, extra):
+    from dataclasses import replace
+
+    from nbdiffuse.jobs.driver import plan_pass, run_pass
     from nbdiffuse.jobs.img2img import img2img_noise_sigma, img2img_sigmas
     from nbdiffuse.jobs.params import GenerationParams
-    from nbdiffuse.jobs.txt2img import PassPlan, plan_pass, run_pass
     from nbdiffuse.prompts.conditioning import TextEncoder
     from nbdiffuse.sampling.denoiser import Denoiser
     from nbdiffuse.sampling.noise import randn
@@ -554,11 +556,10 @@ def test_driver_starts_from_a1111s_vp_latent_and_returns_the_last_latent_in_vp_s
     ts = [1, 126, 251, 376, 501, 626, 751, 876]  # A1111's timesteps for 8 steps
 
     def outcome(sigmas, noise_sigma, init_latent):
-        base = plan_pass(sd1, p, enc, "a", "", sigmas)
-        plan = PassPlan(spec, {}, base.sigmas, base.conds, base.uncond, base.empty, 7.0, base.time_ids,
-                        noise_sigma=noise_sigma)
-        return run(run_pass(plan, Denoiser(sd1.unet, sd1.alphas_cumprod), p, [7, 8], [3, 4], (4, 8, 8),
-                            init=init_latent, extra_noise=extra))[0].x
+        plan = replace(plan_pass(sd1, p, enc, "a", "", sigmas, extra_noise=extra), spec=spec, options={},
+                       cfg_scale=7.0, noise_sigma=noise_sigma)
+        return run(run_pass(plan, Denoiser(sd1.unet, sd1.alphas_cumprod), [7, 8], [3, 4], (4, 8, 8),
+                            init=init_latent))[0].x
 
     # txt2img: A1111 samples from x = noise (VP); our sampler gets noise * sqrt(1 + sigma0^2) = noise / sqrt(abar)
     sigmas = spec.grid(8, sd1.sigmas).sigmas

@@ -95,7 +95,7 @@ def test_fixture_inputs_are_ours():
     bundle = load_toy()
     noise = ImageNoise((4, 8, 8), [META["seed"]], source="CPU").first()
     assert torch.equal(noise, torch.from_numpy(LATENTS["first_noise"]))
-    from nbdiffuse.jobs.txt2img import encode
+    from nbdiffuse.models.vae import encode
 
     assert torch.allclose(encode(bundle, [init_image()]), torch.from_numpy(LATENTS["init_latent"]), atol=1e-6)
 

@@ -5,8 +5,7 @@
 """
 
 from ._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Imported on first use, so that `import nbdiffuse.infotext` (or the prompt parser) does not load torch models.
 _LAZY = {

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from .jobs.driver import Hook, JobControl
 from .jobs.lock import HeldJob, JobLock
 from .jobs.params import GenerationParams, with_native_size
 from .jobs.result import Result
-from .jobs.txt2img import Hook, JobControl, txt2img_steps
+from .jobs.txt2img import txt2img_steps
 from .models.bundle import ModelBundle
 from .prompts.conditioning import TextEncoder, TokenCount, count_tokens
 from .sampling.base import StepState
@@ -314,7 +315,7 @@ class Session:
 
         Every file is found, read and checked against the model before any weight changes.
         """
-        from .jobs.txt2img import apply_styled
+        from .jobs.driver import apply_styled
         from .prompts.parser import extract_extra_networks
 
         texts = [apply_styled(p, self.styles)[0]]

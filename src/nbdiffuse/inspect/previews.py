@@ -128,7 +128,7 @@ def vae_preview(denoised: torch.Tensor, bundle):
 
     >>> vae_preview(state.denoised, session.model)[0]  # doctest: +SKIP
     """
-    from ..jobs.txt2img import decode
+    from ..models.vae import decode
 
     latent, single = _batched(denoised)
     images = decode(bundle, latent, [])

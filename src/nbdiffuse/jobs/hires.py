@@ -22,35 +22,41 @@ fails; here the second pass is skipped and the upscaled latents are decoded as t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..models.vae import decode, encode
 from ..prompts.conditioning import TextEncoder
 from ..prompts.parser import Style
 from ..sampling.base import StepState
 from ..sampling.denoiser import Denoiser
 from ..sampling.registry import SAMPLERS
+from .driver import (
+    Hook,
+    JobControl,
+    PassOutcome,
+    PassPlan,
+    Progress,
+    applied_names,
+    decode_and_save,
+    denoiser_for,
+    finish_timings,
+    new_timings,
+    plan_pass,
+    run_batches,
+    run_pass,
+    seed_batches,
+    styled_prompts,
+    took,
+)
+from .fields import infotext_fields
 from .img2img import img2img_noise_sigma, img2img_schedule, img2img_sigmas
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
-from .txt2img import (
-    Hook,
-    JobControl,
-    PassPlan,
-    applied_names,
-    decode,
-    decode_and_save,
-    encode,
-    finish_timings,
-    infotext_fields,
-    plan_pass,
-    run_pass,
-    styled_prompts,
-)
 from .upscalers import is_latent, resize_image, upscale_latents
 
 DEFAULT_DENOISING = 0.7  # A1111's hires fix default
@@ -97,7 +103,7 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
     first_total, hires_total = spec1.total_steps(p.steps), spec2.total_steps(steps)
     plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, sampler_name=spec2.name,
                      size=p.hr_upscale_to, schedule_steps=first_total, hires_steps=hires_total, name="hires",
-                     tree_sigmas=whole,
+                     tree_sigmas=whole, extra_noise=p.extra_noise,
                      noise_sigma=img2img_noise_sigma(steps, denoising, bundle, spec2, fixed_steps=True))
     return HiresPlan(bundle, plan, denoising, p.hr_upscaler or "Latent", p.hr_upscale_to, p.hr_truncate, steps)
 
@@ -116,31 +122,32 @@ def upscale_for_hires(plan: HiresPlan, latents: torch.Tensor, notes: list[str]) 
     return crop_latents(z, *plan.truncate)
 
 
-def hires_pass(plan: HiresPlan, denoiser: Denoiser, p: GenerationParams, latents: torch.Tensor,
-               seeds: Sequence[int], subseeds: Sequence[int], *, first_pass_stopped: bool = False,
-               hooks: Sequence[Hook] = (), control: JobControl | None = None,
-               progress: Callable[[StepState], None] | None = None, notes: list[str] | None = None,
-               timings: dict | None = None, extra: Mapping | None = None) -> Generator[StepState, None, torch.Tensor]:
-    """The second pass of one batch: yields its steps, returns the hires latents.
+def hires_pass(plan: HiresPlan, denoiser: Denoiser, latents: torch.Tensor, seeds: Sequence[int],
+               subseeds: Sequence[int], *, first_pass_stopped: bool = False, hooks: Sequence[Hook] = (),
+               control: JobControl | None = None, progress: Progress | None = None,
+               extra: Mapping | None = None) -> Generator[StepState, None, PassOutcome]:
+    """The second pass of one batch: yields its steps, returns its outcome (``x``: the hires latents).
 
     When the first pass was stopped (interrupt/skip) the second pass is not run: the first pass's x0 estimate
     is only upscaled, so every image of a job has the same size."""
-    notes = notes if notes is not None else []
+    notes: list[str] = []
     z = upscale_for_hires(plan, latents, notes)
     if first_pass_stopped:
         notes.append("The first pass was stopped early: its images were upscaled without the second pass.")
-        return z
+        return PassOutcome(z, notes=notes)
     if plan.denoising == 0:
-        return z
-    outcome = yield from run_pass(plan.pass_plan, denoiser, p, seeds, subseeds, tuple(z.shape[1:]), init=z,
-                                  extra_noise=p.extra_noise, downscale=plan.bundle.vae_scale_factor, hooks=hooks,
-                                  control=control, progress=progress, notes=notes, timings=timings, extra=extra)
-    return outcome.x if outcome.x is not None else z
+        return PassOutcome(z, notes=notes)
+    outcome = yield from run_pass(plan.pass_plan, denoiser, seeds, subseeds, tuple(z.shape[1:]), init=z,
+                                  hooks=hooks, control=control, progress=progress, extra=extra)
+    outcome.notes = notes + outcome.notes
+    if outcome.x is None:
+        outcome.x = z
+    return outcome
 
 
 def hires_fix_steps(bundle, result: Result, encoder: TextEncoder, *, hooks: Sequence[Hook] = (),
                     control: JobControl | None = None, outputs_dir: str | Path | None = None,
-                    progress: Callable[[StepState], None] | None = None,
+                    progress: Progress | None = None,
                     styles: Mapping[str, Style] | None = None, indices: Sequence[int] | None = None,
                     **changes) -> Generator[StepState, None, Result]:
     """A1111's ✨ (upscale an earlier txt2img result): the hires pass on ``result``'s first-pass latents with its
@@ -173,39 +180,27 @@ def hires_fix_steps(bundle, result: Result, encoder: TextEncoder, *, hooks: Sequ
 def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, outputs_dir, progress, styles):
     control = control or JobControl()
     start = time.perf_counter()
-    timings = {"encode_s": 0.0, "sample_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+    timings = new_timings()
     notes: list[str] = []
     styled_prompt, styled_negative, _, _ = styled_prompts(p, styles, notes, applied_names(bundle))
     t = time.perf_counter()
     plan = plan_hires(bundle, p, encoder, styles, notes)
     timings["encode_s"] += time.perf_counter() - t
-    denoiser = Denoiser(bundle.unet, bundle.alphas_cumprod, bundle.prediction_type)
+    denoiser = denoiser_for(bundle)
     func = SAMPLERS[p.sampler_name].func
-    images, infotexts, paths, outs = [], [], [], []
-    interrupted = False
-    done = 0
-    for n, b in enumerate(range(0, len(seeds), p.batch_size)):
-        if control.interrupt.is_set():
-            interrupted = True
-            break
-        control.skip.clear()
-        bs, bsub = seeds[b:b + p.batch_size], subseeds[b:b + p.batch_size]
-        x = yield from hires_pass(plan, denoiser, p, latents[b:b + p.batch_size].to(bundle.device), bs, bsub,
-                                  hooks=hooks, control=control, progress=progress, notes=notes, timings=timings,
-                                  extra={"iteration": n})
-        interrupted = control.interrupt.is_set()
-        batch = decode_and_save(bundle, x, bs, lambda i, s=bs, u=bsub: infotext_fields(
-            p, bundle, s[i], u[i], func, denoising=plan.denoising, encoder=encoder),
+
+    def sample(n, seeds, subseeds):
+        first = n * p.batch_size
+        z = latents[first:first + len(seeds)].to(bundle.device)
+        outcome = took((yield from hires_pass(plan, denoiser, z, seeds, subseeds, hooks=hooks, control=control,
+                                              progress=progress, extra={"iteration": n})), notes, timings)
+        return outcome.x, control.interrupt.is_set()
+
+    def save(x, seeds, subseeds):
+        return decode_and_save(bundle, x, seeds, lambda i: infotext_fields(
+            p, bundle, seeds[i], subseeds[i], func, denoising=plan.denoising, encoder=encoder),
             (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings, control)
-        k = len(batch[0])  # fewer than the batch when interrupted while decoding
-        interrupted = interrupted or k < len(bs)
-        images += batch[0]
-        infotexts += batch[1]
-        paths += batch[2]
-        outs.append(x[:k].detach().float().cpu())
-        done += k
-        if interrupted:
-            break
+
+    done = yield from run_batches(seed_batches(seeds, subseeds, p.batch_size), sample, save, control)
     finish_timings(timings, start, denoiser, bundle.device, notes)
-    out = torch.cat(outs) if outs else latents[:0]
-    return Result(images, infotexts, seeds[:done], subseeds[:done], out, p, timings, paths, interrupted, notes)
+    return done.result(p, timings, notes, (0, *latents.shape[1:]))

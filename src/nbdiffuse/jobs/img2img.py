@@ -2,7 +2,7 @@
 
 An init image is resized to ``width x height`` (``resize_mode``: 0 Just resize, 1 Crop and resize, 2 Resize and
 fill; 3 encodes it at its own size and resizes the *latents* bilinearly), VAE-encoded (the latent distribution's
-mean, see :func:`~nbdiffuse.jobs.txt2img.encode`), noised to the schedule's starting sigma and denoised:
+mean, see :func:`~nbdiffuse.models.vae.encode`), noised to the schedule's starting sigma and denoised:
 
 * A1111's step rule (``setup_img2img_steps``): ``t_enc = int(min(denoise, 0.999) * steps)``; of a ``steps``-step
   schedule the last ``t_enc + 1`` steps run (``sigmas[steps - t_enc - 1:]``). So ``denoising_strength=1`` runs
@@ -21,35 +21,40 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..models.vae import encode
 from ..prompts.conditioning import TextEncoder
 from ..prompts.parser import Style
 from ..sampling.base import StepState
-from ..sampling.denoiser import Denoiser
 from ..sampling.noise import fix_seed, image_seeds
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import TimestepGrid, compute_sigmas
+from .driver import (
+    Hook,
+    JobControl,
+    Progress,
+    applied_names,
+    decode_and_save,
+    denoiser_for,
+    finish_timings,
+    new_timings,
+    plan_pass,
+    run_batches,
+    run_pass,
+    seed_batches,
+    styled_prompts,
+    took,
+)
+from .fields import infotext_fields
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
-from .txt2img import (
-    Hook,
-    JobControl,
-    applied_names,
-    decode_and_save,
-    encode,
-    finish_timings,
-    infotext_fields,
-    plan_pass,
-    run_pass,
-    styled_prompts,
-)
 from .upscalers import resize_image
 
 DEFAULT_DENOISING = 0.75  # A1111's img2img default
@@ -196,7 +201,7 @@ def init_latents(bundle, p: GenerationParams, images: Sequence[Image.Image]) -> 
 
 def img2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images, *, hooks: Sequence[Hook] = (),
                   control: JobControl | None = None, outputs_dir: str | Path | None = None,
-                  progress: Callable[[StepState], None] | None = None,
+                  progress: Progress | None = None,
                   styles: Mapping[str, Style] | None = None,
                   infotext_extra: Mapping | None = None) -> Generator[StepState, None, Result]:
     """Run img2img for ``p`` from ``init_images`` on ``bundle``: yields every step, returns the :class:`Result`
@@ -211,7 +216,7 @@ def img2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images
 def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progress, styles, infotext_extra):
     control = control or JobControl()
     start = time.perf_counter()
-    timings = {"encode_s": 0.0, "sample_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+    timings = new_timings()
     notes: list[str] = []
     spec = SAMPLERS[p.sampler_name]
     denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
@@ -223,47 +228,27 @@ def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progres
     sigmas = img2img_sigmas(p.scheduler_used, p.steps, denoising, bundle, spec)
     plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, name="img2img",
                      tree_sigmas=img2img_schedule(p.scheduler_used, p.steps, denoising, bundle, spec),
-                     noise_sigma=img2img_noise_sigma(p.steps, denoising, bundle, spec))
+                     noise_sigma=img2img_noise_sigma(p.steps, denoising, bundle, spec), extra_noise=p.extra_noise)
     init = init_latents(bundle, p, images)
     timings["encode_s"] += time.perf_counter() - t
-    factor = bundle.vae_scale_factor
     shape = tuple(init.shape[1:])
-    denoiser = Denoiser(bundle.unet, bundle.alphas_cumprod, bundle.prediction_type)
+    denoiser = denoiser_for(bundle)
 
-    out_images, latents_out, infotexts, paths, seeds_out, subseeds_out = [], [], [], [], [], []
-    interrupted = False
-    for n in range(p.n_iter):
-        if control.interrupt.is_set():
-            interrupted = True
-            break
-        control.skip.clear()
-        seeds = all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
-        subseeds = all_subseeds[n * p.batch_size:(n + 1) * p.batch_size]
-        outcome = yield from run_pass(plan, denoiser, p, seeds, subseeds, shape, init=init,
-                                      extra_noise=p.extra_noise, downscale=factor, hooks=hooks, control=control,
-                                      progress=progress, notes=notes, timings=timings, extra={"iteration": n})
-        interrupted = interrupted or outcome.interrupted
-        if outcome.x is None:
-            break
-        x = outcome.x
-        batch = decode_and_save(bundle, x, seeds, lambda i, s=seeds, u=subseeds: infotext_fields(
-            p, bundle, s[i], u[i], spec.func, job="img2img", denoising=denoising, extra=infotext_extra,
+    def sample(n, seeds, subseeds):
+        outcome = took((yield from run_pass(plan, denoiser, seeds, subseeds, shape, init=init, hooks=hooks,
+                                            control=control, progress=progress, extra={"iteration": n})),
+                       notes, timings)
+        return outcome.x, outcome.interrupted
+
+    def save(x, seeds, subseeds):
+        return decode_and_save(bundle, x, seeds, lambda i: infotext_fields(
+            p, bundle, seeds[i], subseeds[i], spec.func, job="img2img", denoising=denoising, extra=infotext_extra,
             encoder=encoder), (styled_prompt, styled_negative), "img2img-images", outputs_dir, notes, timings,
             control)
-        k = len(batch[0])  # fewer than the batch when interrupted while decoding
-        interrupted = interrupted or k < len(seeds)
-        out_images += batch[0]
-        infotexts += batch[1]
-        paths += batch[2]
-        latents_out.append(x[:k].detach().float().cpu())
-        seeds_out += seeds[:k]
-        subseeds_out += subseeds[:k]
-        if interrupted:
-            break
 
+    done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control)
     finish_timings(timings, start, denoiser, bundle.device, notes)
-    latents = torch.cat(latents_out) if latents_out else torch.empty((0, *shape))
-    return Result(out_images, infotexts, seeds_out, subseeds_out, latents, p, timings, paths, interrupted, notes)
+    return done.result(p, timings, notes, (0, *shape))
 
 
 def loopback_denoising(loop: int, loops: int, initial: float, final: float, curve: str = "Linear") -> float:
@@ -284,7 +269,7 @@ def loopback_denoising(loop: int, loops: int, initial: float, final: float, curv
 def loopback_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images, *, loops: int = 4,
                    final_denoising_strength: float = 0.5, denoising_curve: str = "Linear",
                    hooks: Sequence[Hook] = (), control: JobControl | None = None,
-                   outputs_dir: str | Path | None = None, progress: Callable[[StepState], None] | None = None,
+                   outputs_dir: str | Path | None = None, progress: Progress | None = None,
                    styles: Mapping[str, Style] | None = None) -> Generator[StepState, None, Result]:
     """A1111's Loopback script: img2img ``loops`` times, each output the next input.
 

@@ -13,7 +13,7 @@ The jobs run them as A1111 does (``tests/test_timestep_samplers_a1111.py`` check
 on A1111's grids, whatever the schedule type (:func:`~nbdiffuse.sampling.schedules.ddim_grid`,
 :func:`~nbdiffuse.sampling.schedules.unipc_grid`), which stop above sigma 0; from the noise itself in VP scale
 (``x = noise * sqrt(1 + sigmas[0]^2)``); and they decode the last latent in VP scale, ``x / sqrt(1 +
-sigmas[-1]^2)``, still slightly noisy, not the last x0 estimate (:func:`nbdiffuse.jobs.txt2img.run_pass`).
+sigmas[-1]^2)``, still slightly noisy, not the last x0 estimate (:func:`nbdiffuse.jobs.driver.run_pass`).
 Given sigmas ending in 0 (any schedule), the functions below also finish at sigma 0.
 """
 

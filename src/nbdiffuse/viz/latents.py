@@ -192,37 +192,31 @@ def compare_upscalers(session_or_bundle, result, scale: float = 2.0, *, index: i
     >>> result = session.txt2img(prompt="a red circle", steps=20)  # doctest: +SKIP
     >>> compare_upscalers(session, result, scale=2.0)  # doctest: +SKIP
     """
-    from ..jobs.hires import hires_pass, plan_hires, upscale_for_hires
-    from ..jobs.txt2img import decode, encode
+    from ..jobs.hires import hires_fix_steps
     from ..jobs.upscalers import LATENT_EXTRA_MODES, LATENT_UPSCALE_MODES, resize_image
-    from ..sampling.denoiser import Denoiser
+    from ..models.vae import decode, encode
 
     bundle, encoder = _bundle_and_encoder(session_or_bundle)
     modes = list(modes) if modes is not None else [*LATENT_UPSCALE_MODES, *LATENT_EXTRA_MODES]
     z = result.latents[index:index + 1].to(bundle.device)
-    seeds, subseeds = [result.seeds[index]], [result.subseeds[index]]
-    base = result.params.replace(enable_hr=True, hr_scale=float(scale), batch_size=1, n_iter=1,
-                                 denoising_strength=denoising_strength, hr_second_pass_steps=hr_second_pass_steps)
+    hires = dict(hr_scale=float(scale), hr_second_pass_steps=hr_second_pass_steps, indices=[index])
     notes: list[str] = []
     first = decode(bundle, z, notes)[0]
-    to_x, to_y = base.hr_upscale_to
+    to_x, to_y = result.params.replace(enable_hr=True, hr_scale=float(scale)).hr_upscale_to
     reference = decode(bundle, encode(bundle, [resize_image(0, first, to_x, to_y, "Lanczos")]), notes)[0]
-    plan = None
-    denoiser = Denoiser(bundle.unet, bundle.alphas_cumprod, bundle.prediction_type)
     rows, images = [], {}
     for mode in modes:
-        p = base.replace(hr_upscaler=mode)
-        if plan is None:
-            plan = plan_hires(bundle, p, encoder)
-        plan.upscaler = mode
-        up = upscale_for_hires(plan, z, notes)
-        decoded = decode(bundle, up, notes)[0]
-        gen = hires_pass(plan, denoiser, p, z, seeds, subseeds, notes=notes)
+        # denoise 0: the hires job decodes the upscaled latents as they are
+        upscaled = run_to_end(hires_fix_steps(bundle, result, encoder, hr_upscaler=mode, denoising_strength=0,
+                                              **hires))
+        up, decoded = upscaled.latents, upscaled.image
+        job = hires_fix_steps(bundle, result, encoder, hr_upscaler=mode, denoising_strength=denoising_strength,
+                              **hires)
         try:
-            one = decode(bundle, next(gen).denoised, notes)[0]
+            one = decode(bundle, next(job).denoised, notes)[0]  # the x0 after the second pass's first step
         except StopIteration:  # denoising_strength 0: no second pass
             one = decoded
-        gen.close()
+        job.close()
         images[mode] = (decoded, one)
         rows.append({"mode": mode, "std first pass": float(z.std()), "std upscaled": float(up.std()),
                      "PSNR": psnr(decoded, reference), "SSIM": ssim(decoded, reference),
@@ -266,9 +260,10 @@ def explain_hires(session_or_bundle, result=None, *, snapshots: int = 3, index: 
 
     >>> explain_hires(session, prompt="a red circle", hr_scale=2.0, denoising_strength=0.5)  # doctest: +SKIP
     """
-    from ..jobs.hires import HIRES_FIELDS, hires_fix_steps, plan_hires, upscale_for_hires
+    from ..jobs.hires import DEFAULT_DENOISING, HIRES_FIELDS, hires_fix_steps
     from ..jobs.params import GenerationParams, with_native_size
-    from ..jobs.txt2img import decode, txt2img_steps
+    from ..jobs.txt2img import txt2img_steps
+    from ..models.vae import decode
 
     bundle, encoder = _bundle_and_encoder(session_or_bundle)
     hr = {k: params.pop(k) for k in list(params) if k in HIRES_FIELDS}
@@ -287,8 +282,11 @@ def explain_hires(session_or_bundle, result=None, *, snapshots: int = 3, index: 
     final = run_to_end(hires_fix_steps(bundle, result, encoder, hooks=[hook], indices=[index], **hr))
     p = final.params
     notes: list[str] = []
-    plan = plan_hires(bundle, p, encoder)
-    up = upscale_for_hires(plan, result.latents[index:index + 1].to(bundle.device), notes)
+    # the same job with denoise 0 stops at the upscaled latents
+    up = run_to_end(hires_fix_steps(bundle, result, encoder, indices=[index],
+                                    **{**hr, "denoising_strength": 0})).latents.to(bundle.device)
+    upscaler = p.hr_upscaler or "Latent"
+    denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
     w, h = p.hr_size
     direct = run_to_end(txt2img_steps(bundle, p.replace(enable_hr=False, width=w, height=h, batch_size=1, n_iter=1),
                                 encoder))
@@ -300,10 +298,10 @@ def explain_hires(session_or_bundle, result=None, *, snapshots: int = 3, index: 
              for i in picks]
     arch = arch or getattr(bundle, "arch", "sd1")
     panels = [(result.images[index], f"1. first pass {result.images[index].width}x{result.images[index].height}"),
-              (approx_rgb(up, arch, factors), f"2. {plan.upscaler} latent\n{tuple(up.shape[-2:])} (cheap RGB)"),
+              (approx_rgb(up, arch, factors), f"2. {upscaler} latent\n{tuple(up.shape[-2:])} (cheap RGB)"),
               (decode(bundle, up, notes)[0], "3. decoded upscale\n(denoise 0)")]
     panels += [(im, f"4. pass 2 x0, step {i + 1}/{n}\nσ {sigma:.2f}") for i, n, sigma, im in shots]
-    panels += [(final.image, f"5. final (denoise {plan.denoising:g})"), (direct.image, f"direct {w}x{h}\nsame seed")]
+    panels += [(final.image, f"5. final (denoise {denoising:g})"), (direct.image, f"direct {w}x{h}\nsame seed")]
     fig = _figure(figsize=(2.3 * len(panels), 3.0), layout="constrained")
     axes = fig.subplots(1, len(panels))
     for ax, (image, title) in zip(axes, panels):

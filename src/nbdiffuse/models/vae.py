@@ -1,0 +1,68 @@
+"""The VAE between pixels and latents: A1111's scaling, one image at a time, NaN recovery in float32."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .._notes import note_once
+
+
+def vae_scaling(vae) -> tuple[float, float]:
+    """``(scaling_factor, shift_factor)`` of a VAE: latents = (encoded - shift) * scale (SD's 0.18215, no shift)."""
+    config = vae.config
+    return float(getattr(config, "scaling_factor", 0.18215)), float(getattr(config, "shift_factor", None) or 0.0)
+
+
+@torch.no_grad()
+def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image.Image]:
+    """VAE-decode latents to PIL images; a NaN decode in half precision is redone in float32 (and kept so).
+
+    One image at a time, as A1111 does (``decode_latent_batch``): a batched convolution rounds differently from a
+    single one, and image i of a batch must equal, pixel for pixel, the image made alone from its infotext.
+    """
+    vae = bundle.vae
+    scale, shift = vae_scaling(vae)
+
+    def run() -> torch.Tensor:
+        z = (latents / scale + shift).to(device=vae.device, dtype=vae.dtype)
+        return torch.cat([vae.decode(z[i:i + 1], return_dict=False)[0].float() for i in range(len(z))])
+
+    pixels = run()
+    if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
+        vae.to(torch.float32)
+        note_once(warnings_out, "The VAE produced NaNs in half precision; decoded again in float32 (the VAE "
+                                "stays in float32 for this session).")
+        pixels = run()
+    if not torch.isfinite(pixels).all():
+        note_once(warnings_out, "The VAE produced NaN/inf pixels even in float32: the latents are broken; "
+                                "the affected pixels are black.")
+        pixels = torch.nan_to_num(pixels, nan=-1.0, posinf=1.0, neginf=-1.0)
+    pixels = ((pixels + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray((px * 255).round().astype(np.uint8)) for px in pixels]
+
+
+def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL images (all the same size) -> ``(N, 3, H, W)`` float32 in [-1, 1]."""
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+@torch.no_grad()
+def encode(bundle, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+    """VAE-encode PIL images (or ``(N, 3, H, W)`` pixels in [-1, 1]) to scaled latents (float32, on the device).
+
+    Uses the mean of the VAE's latent distribution. A1111 (``get_first_stage_encoding``) draws a *sample* from it
+    with the global, unseeded RNG, so its img2img is not exactly reproducible; SD's VAE posterior is so narrow
+    (std ~1e-3 of the latent's) that the mean is the same image, and it is deterministic. One image at a time, as
+    A1111's ``images_tensor_to_samples`` does, so an image's latents do not depend on the batch it came in.
+    """
+    vae = bundle.vae
+    scale, shift = vae_scaling(vae)
+    pixels = images if isinstance(images, torch.Tensor) else images_to_tensor(images)
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    mean = torch.cat([vae.encode(pixels[i:i + 1], return_dict=False)[0].mean for i in range(len(pixels))])
+    return ((mean.float() - shift) * scale).to(bundle.device)
