@@ -408,7 +408,7 @@ def test_to_params_all_fields(registry):
 
 
 def test_to_params_styles_and_dicts():
-    from nbdiffuse.prompts.parser import Style
+    from nbdiffuse.prompts.styles import Style
 
     # Without the styles database the (already styled) prompt is kept and the names are dropped ...
     params = it.to_params({"Styles array": ["a"], "Size": "64x32"})

@@ -14,17 +14,13 @@ from hypothesis import strategies as st
 
 from nbdiffuse.prompts.parser import (
     ExtraNetwork,
-    Style,
-    apply_styles,
     extract_extra_networks,
-    extract_styles,
     get_schedules,
-    load_styles,
     parse_attention,
-    save_styles,
     schedule,
     split_and,
 )
+from nbdiffuse.prompts.styles import Style, apply_styles, extract_styles, load_styles, save_styles
 
 R = 1.1
 S = 1 / 1.1

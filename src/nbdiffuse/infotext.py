@@ -215,7 +215,7 @@ def to_params(text_or_dict: str | bytes | Mapping[str, Any], styles: Mapping[str
         raise ValueError(f"Infotext RNG: {rng!r} is not a valid value for randn_source: use GPU, CPU or NV.") from e
     named = params.pop("styles", None)
     if named and styles is not None:
-        from .prompts.parser import extract_styles
+        from .prompts.styles import extract_styles
 
         found, prompt, negative = extract_styles(params.get("prompt", ""), params.get("negative_prompt", ""),
                                                  {k: v for k, v in styles.items() if k in named})

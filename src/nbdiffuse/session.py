@@ -559,7 +559,7 @@ class Session:
 
     def load_styles(self, path: str | Path) -> dict:
         """Read an A1111 ``styles.csv`` (UTF-8 with BOM; name, prompt, negative_prompt) into ``session.styles``."""
-        from .prompts.parser import load_styles
+        from .prompts.styles import load_styles
 
         self.styles.update(load_styles(path))
         return self.styles

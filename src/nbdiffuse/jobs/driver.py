@@ -31,7 +31,8 @@ from ..io.infotext import format as format_infotext
 from ..io.outputs import save_image
 from ..models.vae import decode
 from ..prompts.conditioning import TextEncoder
-from ..prompts.parser import Style, apply_styles, extract_extra_networks
+from ..prompts.parser import extract_extra_networks
+from ..prompts.styles import Style, apply_styles
 from ..sampling.base import StepState
 from ..sampling.denoiser import Denoiser
 from ..sampling.guidance import CFGDenoiser

@@ -30,7 +30,7 @@ import torch
 
 from ..models.vae import decode, encode
 from ..prompts.conditioning import TextEncoder
-from ..prompts.parser import Style
+from ..prompts.styles import Style
 from ..sampling.base import StepState
 from ..sampling.denoiser import Denoiser
 from ..sampling.registry import SAMPLERS

@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..models.vae import encode
 from ..prompts.conditioning import TextEncoder
-from ..prompts.parser import Style
+from ..prompts.styles import Style
 from ..sampling.base import StepState
 from ..sampling.noise import fix_seed, image_seeds
 from ..sampling.registry import SAMPLERS

@@ -12,7 +12,7 @@ from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
 from ..prompts.conditioning import TextEncoder
-from ..prompts.parser import Style
+from ..prompts.styles import Style
 from ..sampling.base import StepState
 from ..sampling.noise import fix_seed, image_seeds
 from ..sampling.registry import SAMPLERS

@@ -13,8 +13,8 @@ from .._lazy import lazy_exports
 # Imported on first use: the parser is pure Python, the chunking needs torch and the tokenizer.
 _LAZY = {
     "parse_attention": ".parser", "schedule": ".parser", "split_and": ".parser",
-    "extract_extra_networks": ".parser", "Style": ".parser", "load_styles": ".parser", "save_styles": ".parser",
-    "apply_styles": ".parser", "extract_styles": ".parser",
+    "extract_extra_networks": ".parser", "Style": ".styles", "load_styles": ".styles", "save_styles": ".styles",
+    "apply_styles": ".styles", "extract_styles": ".styles",
     "count_tokens": ".conditioning", "tokenize_chunks": ".conditioning", "TokenCount": ".conditioning",
 }
 
