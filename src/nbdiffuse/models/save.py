@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
+from nbdiffuse.models.architecture import HINT_KEYS
 from nbdiffuse.models.bundle import ModelBundle
-from nbdiffuse.models.checkpoint import HINT_KEYS
 from nbdiffuse.models.keymap import (
     REFINER_TE,
     SD1_TE,
@@ -40,10 +40,9 @@ from nbdiffuse.models.keymap import (
     unet_key_map,
     vae_key_to_ldm,
 )
+from nbdiffuse.models.state_dict import SAFETENSORS_DTYPES
 
-_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-                torch.bool: "BOOL"}
+_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 def write_safetensors(path, entries, metadata: dict | None = None) -> Path:
