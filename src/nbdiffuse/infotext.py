@@ -7,105 +7,17 @@
 
 from __future__ import annotations
 
-import json
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .io.infotext import build_fields, format, parse, png_info, read_png
+from .io.keys import EXPECTED, INFOTEXT_FIELDS, SPECIAL_KEYS
 
 # A1111's parse reads a size only as WIDTHxHEIGHT; "Seed resize from: -1x-1" (off) is read too.
 _RE_SIZE = re.compile(r"^(-?\d+)x(-?\d+)$")
 
 __all__ = ["build_fields", "format", "parse", "png_info", "read_png", "to_params"]
-
-
-def _bool(v: Any) -> bool:
-    if isinstance(v, str):
-        word = v.strip().lower()
-        if word not in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            raise ValueError(word)
-        return word in ("true", "1", "yes", "on")
-    return bool(v)
-
-
-def _int(v: Any) -> int:
-    if isinstance(v, str):
-        v = v.strip()
-        try:
-            return int(v)
-        except ValueError:
-            v = float(v)  # "20.0", "1e3"; a number past float's range reads as inf
-    if isinstance(v, float) and not math.isfinite(v):
-        raise ValueError(v)
-    return int(v)
-
-
-def _float(v: Any) -> float:
-    x = float(v.strip() if isinstance(v, str) else v)
-    if not math.isfinite(x):
-        raise ValueError(x)
-    return x
-
-
-def _float_or_inf(v: Any) -> float:
-    x = float(v.strip() if isinstance(v, str) else v)
-    if math.isnan(x):
-        raise ValueError(x)
-    return x
-
-
-def _str(v: Any) -> str:
-    return str(v)
-
-
-def _styles(v: Any) -> list[str]:
-    if isinstance(v, str):
-        v = json.loads(v)
-    return [str(s) for s in v]
-
-
-# infotext key -> (API field, converter). "Eta" is listed after "Eta DDIM" so it wins when both appear.
-_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "Prompt": ("prompt", _str),
-    "Negative prompt": ("negative_prompt", _str),
-    "Steps": ("steps", _int),
-    "CFG scale": ("cfg_scale", _float),
-    "Seed": ("seed", _int),
-    "Variation seed": ("subseed", _int),
-    "Variation seed strength": ("subseed_strength", _float),
-    "Seed resize from-1": ("seed_resize_from_w", _int),
-    "Seed resize from-2": ("seed_resize_from_h", _int),
-    "Size-1": ("width", _int),
-    "Size-2": ("height", _int),
-    "Denoising strength": ("denoising_strength", _float),
-    "Clip skip": ("clip_skip", _int),
-    "Eta DDIM": ("eta", _float),
-    "Eta": ("eta", _float),
-    "Sigma churn": ("s_churn", _float),
-    "Sigma tmin": ("s_tmin", _float),
-    "Sigma tmax": ("s_tmax", _float_or_inf),  # inf: no upper bound, A1111's default
-    "Sigma noise": ("s_noise", _float),
-    "Hires upscale": ("hr_scale", _float),
-    "Hires resize-1": ("hr_resize_x", _int),
-    "Hires resize-2": ("hr_resize_y", _int),
-    "Hires steps": ("hr_second_pass_steps", _int),
-    "Hires upscaler": ("hr_upscaler", _str),
-    "Hires prompt": ("hr_prompt", _str),
-    "Hires negative prompt": ("hr_negative_prompt", _str),
-    "Extra noise": ("extra_noise", _float),
-    "Tiling": ("tiling", _bool),
-    "Styles array": ("styles", _styles),
-    "Emphasis": ("emphasis", _str),
-}
-
-
-# What each converter accepts, for the error message.
-_EXPECTED: dict[Callable[[Any], Any], str] = {
-    _int: "a whole number", _float: "a finite number", _float_or_inf: "a number (inf: no limit)",
-    _bool: "True or False", _styles: "a JSON list of style names",
-}
 
 
 def _shown(value: Any) -> str:
@@ -178,23 +90,22 @@ def to_params(text_or_dict: str | bytes | Mapping[str, Any], styles: Mapping[str
         res[f"{key}-1"], res[f"{key}-2"] = m.groups()
 
     params: dict[str, Any] = {}
-    for key, (name, convert) in _FIELDS.items():
+    for key, (name, convert) in INFOTEXT_FIELDS.items():
         if key in res and res[key] is not None:
             try:
                 params[name] = convert(res[key])
             except (TypeError, ValueError, OverflowError) as e:
-                expected = _EXPECTED.get(convert, "a valid value")
+                expected = EXPECTED.get(convert, "a valid value")
                 raise ValueError(f"Infotext {key}: {_shown(res[key])} is not a valid value for {name}: it must be "
                                  f"{expected}.") from e
 
-    if res.get("Sampler"):
-        params["sampler_name"], params["scheduler"] = _sampler_and_scheduler(
-            str(res["Sampler"]).strip(), res.get("Schedule type"))
-    elif res.get("Schedule type"):
-        params["scheduler"] = str(res["Schedule type"]).strip()
+    sampler, schedule = (res.get(SPECIAL_KEYS[name]) for name in ("sampler_name", "scheduler"))
+    if sampler:
+        params["sampler_name"], params["scheduler"] = _sampler_and_scheduler(str(sampler).strip(), schedule)
+    elif schedule:
+        params["scheduler"] = str(schedule).strip()
 
-    hr_sampler = res.get("Hires sampler")
-    hr_schedule = res.get("Hires schedule type")
+    hr_sampler, hr_schedule = (res.get(SPECIAL_KEYS[name]) for name in ("hr_sampler_name", "hr_scheduler"))
     if hr_sampler and str(hr_sampler).strip() != "Use same sampler":
         params["hr_sampler_name"], params["hr_scheduler"] = _sampler_and_scheduler(
             str(hr_sampler).strip(), hr_schedule)
@@ -208,7 +119,7 @@ def to_params(text_or_dict: str | bytes | Mapping[str, Any], styles: Mapping[str
     # A1111 writes "RNG" only when it is not its default, GPU: no key means the noise came from torch.randn on CUDA
     from .sampling.noise import resolve_randn_source
 
-    rng = res.get("RNG")
+    rng = res.get(SPECIAL_KEYS["randn_source"])
     try:
         params["randn_source"] = resolve_randn_source(rng if rng not in (None, "") else "GPU")
     except ValueError as e:

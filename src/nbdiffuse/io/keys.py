@@ -1,0 +1,120 @@
+"""A1111's infotext keys and the API fields they carry: the one table both directions use.
+
+Writing (:func:`nbdiffuse.jobs.fields.infotext_fields`) names each key through :data:`KEY_OF`; reading
+(:func:`nbdiffuse.infotext.to_params`) converts each key of :data:`INFOTEXT_FIELDS` to its field. A size is one key
+(``Size: 512x768``) read as two (``Size-1``, ``Size-2``, as A1111's parse splits it). The sampler, schedule and
+RNG keys (:data:`SPECIAL_KEYS`) need more than a conversion (a schedule glued to a sampler's name, "Use same
+sampler", A1111's default source) and are read by ``to_params`` itself.
+
+>>> KEY_OF["cfg_scale"], KEY_OF["width"], INFOTEXT_FIELDS["Hires steps"][0]
+('CFG scale', 'Size', 'hr_second_pass_steps')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ETA_DDIM", "EXPECTED", "INFOTEXT_FIELDS", "KEY_OF", "SPECIAL_KEYS"]
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, str):
+        word = v.strip().lower()
+        if word not in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            raise ValueError(word)
+        return word in ("true", "1", "yes", "on")
+    return bool(v)
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, str):
+        v = v.strip()
+        try:
+            return int(v)
+        except ValueError:
+            v = float(v)  # "20.0", "1e3"; a number past float's range reads as inf
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(v)
+    return int(v)
+
+
+def _float(v: Any) -> float:
+    x = float(v.strip() if isinstance(v, str) else v)
+    if not math.isfinite(x):
+        raise ValueError(x)
+    return x
+
+
+def _float_or_inf(v: Any) -> float:
+    x = float(v.strip() if isinstance(v, str) else v)
+    if math.isnan(x):
+        raise ValueError(x)
+    return x
+
+
+def _str(v: Any) -> str:
+    return str(v)
+
+
+def _styles(v: Any) -> list[str]:
+    if isinstance(v, str):
+        v = json.loads(v)
+    return [str(s) for s in v]
+
+
+# infotext key -> (API field, converter). "Eta" is listed after "Eta DDIM" so it wins when both appear.
+INFOTEXT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "Prompt": ("prompt", _str),
+    "Negative prompt": ("negative_prompt", _str),
+    "Steps": ("steps", _int),
+    "CFG scale": ("cfg_scale", _float),
+    "Seed": ("seed", _int),
+    "Variation seed": ("subseed", _int),
+    "Variation seed strength": ("subseed_strength", _float),
+    "Seed resize from-1": ("seed_resize_from_w", _int),
+    "Seed resize from-2": ("seed_resize_from_h", _int),
+    "Size-1": ("width", _int),
+    "Size-2": ("height", _int),
+    "Denoising strength": ("denoising_strength", _float),
+    "Clip skip": ("clip_skip", _int),
+    "Eta DDIM": ("eta", _float),
+    "Eta": ("eta", _float),
+    "Sigma churn": ("s_churn", _float),
+    "Sigma tmin": ("s_tmin", _float),
+    "Sigma tmax": ("s_tmax", _float_or_inf),  # inf: no upper bound, A1111's default
+    "Sigma noise": ("s_noise", _float),
+    "Hires upscale": ("hr_scale", _float),
+    "Hires resize-1": ("hr_resize_x", _int),
+    "Hires resize-2": ("hr_resize_y", _int),
+    "Hires steps": ("hr_second_pass_steps", _int),
+    "Hires upscaler": ("hr_upscaler", _str),
+    "Hires prompt": ("hr_prompt", _str),
+    "Hires negative prompt": ("hr_negative_prompt", _str),
+    "Extra noise": ("extra_noise", _float),
+    "Tiling": ("tiling", _bool),
+    "Styles array": ("styles", _styles),
+    "Emphasis": ("emphasis", _str),
+}
+
+
+# What each converter accepts, for the error message.
+EXPECTED: dict[Callable[[Any], Any], str] = {
+    _int: "a whole number", _float: "a finite number", _float_or_inf: "a number (inf: no limit)",
+    _bool: "True or False", _styles: "a JSON list of style names",
+}
+
+#: Fields whose key needs more than a converter to read (see the module's docstring): field -> key.
+SPECIAL_KEYS: dict[str, str] = {
+    "sampler_name": "Sampler", "scheduler": "Schedule type", "hr_sampler_name": "Hires sampler",
+    "hr_scheduler": "Hires schedule type", "randn_source": "RNG",
+}
+#: A1111 writes DDIM's eta under its own key (and reads both into ``eta``).
+ETA_DDIM = "Eta DDIM"
+#: API field -> the infotext key it is written under (a size's two fields share one key).
+KEY_OF: dict[str, str] = {
+    **{field: key.removesuffix("-1").removesuffix("-2") for key, (field, _) in INFOTEXT_FIELDS.items()},
+    **SPECIAL_KEYS,
+}
