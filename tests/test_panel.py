@@ -79,6 +79,46 @@ def test_generate_button_gives_the_same_pixels_and_infotexts_as_txt2img(panel, s
     assert not panel.w.generate.disabled and panel.w.stop.disabled
 
 
+def test_controls_start_at_the_parameters_defaults(panel, session):
+    from nbdiffuse.jobs.params import GenerationParams
+
+    d = GenerationParams()
+    for name in ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed",
+                 "batch_size", "n_iter", "enable_hr", "hr_scale", "hr_second_pass_steps"):
+        assert getattr(panel.w, name).value == getattr(d, name), name
+    assert (panel.w.width.value, panel.w.height.value) == session.model.native_size  # a session's jobs' default
+    # the fields whose default is None ("the job's default"): what the jobs use for None
+    assert (panel.w.hr_upscaler.value, panel.w.denoising_strength.value, panel.w.img2img_strength.value) == \
+        ("Latent", 0.7, 0.75)
+
+
+def test_the_progress_bar_counts_every_step_of_the_job(panel):
+    small(panel, sampler_name="Heun", n_iter=2, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2)
+    panel.w.generate.click()
+    result = panel.wait(120)
+    assert panel.error is None, panel.error
+    assert panel.w.progress.max == panel.w.progress.value == result.params.total_steps == (3 + 2) * 2
+
+
+def test_the_gallery_keeps_png_bytes_and_infotexts_not_results(panel):
+    import dataclasses
+
+    import torch
+    from PIL import Image
+
+    from nbdiffuse.jobs.result import Result
+
+    small(panel, batch_size=2, seed=3)
+    panel.w.generate.click()
+    result = panel.wait(60)
+    job = panel.gallery.newest
+    assert [p.infotext for p in job.pictures] == result.infotexts and job.seeds == [3, 4]
+    assert all(np.array_equal(np.asarray(p.image), a) for p, a in zip(job.pictures, pixels(result), strict=True))
+    held = [getattr(job, f.name) for f in dataclasses.fields(job)] + \
+        [getattr(p, f.name) for p in job.pictures for f in dataclasses.fields(p)]
+    assert not any(isinstance(v, (Result, torch.Tensor, Image.Image)) for v in held)
+
+
 def test_params_is_exactly_the_txt2img_call_and_copy_as_code_shows_it(panel):
     small(panel, seed=7)
     assert panel.params == {"prompt": "a red circle", "negative_prompt": "", "sampler_name": "DPM++ 2M",
@@ -152,11 +192,8 @@ def test_pasting_an_infotext_fills_every_control(panel):
     assert ui.negative_prompt.value == "" and "clip_skip" not in panel.params  # reset like A1111's paste
     assert ui.steps.value == 300  # not clamped to the slider's 150
     assert (ui.sampler_name.value, ui.scheduler.value) == ("Euler a", "Exponential")
-    if panel.features["hires_params"]:
-        assert ui.enable_hr.value and ui.denoising_strength.value == 0.5 and ui.hr_scale.value == 2.0
-        assert panel.params["enable_hr"] is True and panel.params["hr_upscaler"] == "Latent"
-    else:
-        assert "denoising_strength" in ui.paste_status.value  # listed as not applied in this version
+    assert ui.enable_hr.value and ui.denoising_strength.value == 0.5 and ui.hr_scale.value == 2.0
+    assert panel.params["enable_hr"] is True and panel.params["hr_upscaler"] == "Latent"
 
 
 def test_a_bad_infotext_shows_the_error_and_changes_nothing(panel):
@@ -226,31 +263,8 @@ def test_gallery_use_seed_and_reuse_last_seed(panel):
     assert panel.w.seed.value == -1
 
 
-class BareSession:
-    """Only the core API (txt2img, count_tokens, interrupt, skip): what the first version of Session had."""
-
-    def __init__(self, session):
-        self._s = session
-        self.model = session.model
-        self.txt2img, self.count_tokens = session.txt2img, session.count_tokens
-        self.interrupt, self.skip = session.interrupt, session.skip
-
-
-def test_missing_features_show_a_note_not_controls(session):
-    panel = Panel(BareSession(session), lang="en")
-    titles = [panel.w.tabs.get_title(i) for i in range(len(panel.w.tabs.children))]
-    assert titles == ["txt2img", "img2img", "Models", "XYZ plot", "PNG Info", "Copy as code"]
-    for i in (1, 2, 3):
-        assert "not available in this version" in panel.w.tabs.children[i].value
-    small(panel)
-    panel.w.generate.click()
-    assert panel.wait(60) is not None
-    assert len(panel.w.gallery.children[0].children[1].children[0].children[2].children) == 1  # only "use seed"
-    panel.close()
-
-
 class Img2ImgSession(Session):
-    """A session with the img2img/hires/debug API shape the panel feature-detects (recorded, not implemented)."""
+    """A session whose img2img, hires fix and debugger calls are recorded (the real ones are tested elsewhere)."""
 
     calls: list
 
@@ -267,7 +281,7 @@ class Img2ImgSession(Session):
         return "debugger"
 
 
-def test_available_features_get_their_buttons_and_call_the_api(sd1):
+def test_gallery_buttons_call_the_api_for_their_image(sd1):
     session = Img2ImgSession(outputs_dir=None, progress=False)
     session.calls = []
     session.load(sd1)
@@ -278,16 +292,21 @@ def test_available_features_get_their_buttons_and_call_the_api(sd1):
     buttons = panel.w.gallery.children[0].children[1].children[1].children[2].children
     assert [b.description for b in buttons] == ["use seed", "send to img2img", "✨ hires fix this",
                                                 "open step-through debugger here"]
+    buttons[2].click()
+    panel.wait(60)
+    assert session.calls[0][:3] == ("hires_fix", first, [1])
     buttons[1].click()
     assert panel.w.tabs.selected_index == 1 and panel.w.init_image.value
     panel.w.img2img_strength.value = 0.5
     panel.w.generate_img2img.click()
     panel.wait(60)
-    name, init, strength = session.calls[0]
+    name, init, strength = session.calls[1]
     assert (name, strength) == ("img2img", 0.5) and np.array_equal(np.asarray(init[0]), pixels(first)[1])
+    # under an older job, ✨ is hidden and does nothing (the panel keeps the newest job's latents only) ...
+    assert buttons[2].layout.display == "none"
     buttons[2].click()
-    panel.wait(60)
-    assert session.calls[1][:3] == ("hires_fix", first, [1])
+    assert panel.wait(60) is not None and len(session.calls) == 2
+    # ... while the debugger needs no latents: it reruns the image from its seed and parameters
     buttons[3].click()
     assert session.calls[2][0] == "debug" and session.calls[2][1]["seed"] == 11
     assert session.calls[2][1]["batch_size"] == 1
@@ -327,12 +346,9 @@ def test_big_images_are_sent_under_the_message_limit():
     assert len(data) < 700_000
 
 
-def test_shipped_front_end_files_match_their_sources():
-    sources = sorted(p.name for p in (ROOT / "widgets").iterdir() if p.is_file())
-    assert sources
-    for name in sources:
-        shipped = ROOT / "src" / "nbdiffuse" / "ui" / "static" / name
-        assert shipped.read_bytes() == (ROOT / "widgets" / name).read_bytes(), f"copy widgets/{name} to {shipped}"
+def test_the_panel_carries_its_shipped_styles(panel):
+    css = (ROOT / "src" / "nbdiffuse" / "ui" / "static" / "panel.css").read_text(encoding="utf-8")
+    assert ".nbd-panel" in css and css in panel.widget.children[0].value
 
 
 def test_only_the_ui_package_imports_widget_libraries():
@@ -343,8 +359,6 @@ def test_only_the_ui_package_imports_widget_libraries():
 
 
 def test_hires_controls_show_only_when_hires_fix_is_on(panel):
-    if not panel.features["hires_params"]:
-        pytest.skip("this version has no hires fix parameters")
     assert panel.w.hires_box.layout.display == "none" and "enable_hr" not in panel.params
     panel.w.enable_hr.value = True
     assert panel.w.hires_box.layout.display == ""
@@ -353,8 +367,6 @@ def test_hires_controls_show_only_when_hires_fix_is_on(panel):
 
 
 def test_xyz_tab_shows_the_plan_then_runs_the_grid(panel, session):
-    if not panel.features["xyz"]:
-        pytest.skip("this version has no session.plan_xyz")
     small(panel, steps=2)
     panel.w.xyz_axes[0].value, panel.w.xyz_values[0].value = "Steps", "1, 2"
     panel.w.xyz_axes[1].value, panel.w.xyz_values[1].value = "CFG Scale", "3, 7"
@@ -383,7 +395,7 @@ def test_gallery_keeps_the_last_jobs(session):
         panel.w.seed.value = seed
         panel.w.generate.click()
         panel.wait(60)
-    assert [r.seeds for r in panel.results] == [[3], [2]]
+    assert [job.seeds for job in panel.gallery.jobs] == [[3], [2]]
     newest_card = panel.w.gallery.children[0].children[1].children[0]
     assert len(panel.w.gallery.children) == 2 and "Seed: 3" in newest_card.children[1].value
     panel.close()
@@ -432,8 +444,6 @@ def test_models_tab_lists_loads_and_inserts(sd1):
 
 
 def test_img2img_tab_gives_the_same_pixels_as_img2img(panel, session):
-    if not panel.features["img2img"]:
-        pytest.skip("this version has no session.img2img")
     small(panel, seed=5)
     panel.w.generate.click()
     first = panel.wait(60)
@@ -450,8 +460,6 @@ def test_img2img_tab_gives_the_same_pixels_as_img2img(panel, session):
 
 
 def test_hires_fix_this_runs_the_second_pass_on_that_image(panel):
-    if not panel.features["hires_fix"] or not panel.features["hires_params"]:
-        pytest.skip("this version has no session.hires_fix")
     small(panel, seed=5, batch_size=2)
     panel.w.generate.click()
     panel.wait(60)

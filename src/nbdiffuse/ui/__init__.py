@@ -5,6 +5,7 @@
 """
 
 from .labels import default_lang, labels
-from .panel import Panel, build_panel
+from .layout import build_panel
+from .panel import Panel
 
 __all__ = ["Panel", "build_panel", "default_lang", "labels"]

@@ -23,7 +23,7 @@ EN = {
     "generate": "Generate", "stop": "Stop", "skip": "Skip",
     "idle": "Ready.", "running": "Generating… step {step}/{total}", "done": "Done: {n} image(s). {info}",
     "stopped": "Stopped: {n} image(s) kept. {info}", "error": "Error", "no_model": "No model loaded.",
-    "gallery": "Gallery", "gallery_empty": "Generated images appear here.",
+    "gallery_empty": "Generated images appear here.",
     "use_seed": "use seed", "send_img2img": "send to img2img", "hires_this": "✨ hires fix this",
     "debug_here": "open step-through debugger here",
     "code_help": "The exact call for the current settings (select all and copy):",
@@ -32,7 +32,6 @@ EN = {
     "pasted": "Filled the controls from the infotext.", "no_infotext": "This image holds no infotext.",
     "dropped": "Not applied (not available in this version): {keys}",
     "other_params": "Also used (from a pasted infotext): {items}", "clear_other": "clear",
-    "not_available": "{feature} is not available in this version of nbdiffuse.",
     "img2img_help": "Uses the prompt and settings of the txt2img tab.",
     "init_image": "Init image", "denoising_strength": "Denoising strength", "generate_img2img": "Generate img2img",
     "no_init_image": "Choose an init image first (upload one, or use “send to img2img” in the gallery).",
@@ -41,7 +40,6 @@ EN = {
     "vae": "SD VAE", "apply": "Apply", "vae_applied": "VAE: {name}.",
     "insert": "Insert into prompt", "refresh": "Refresh",
     "xyz_plan": "Plan (show the numbers)", "xyz_run": "Run grid",
-    "debugger": "Step-through debugger",
 }
 
 ZH = {
@@ -56,7 +54,7 @@ ZH = {
     "generate": "生成 (Generate)", "stop": "中止 (Stop)", "skip": "跳过 (Skip)",
     "idle": "就绪。", "running": "生成中… 第 {step}/{total} 步", "done": "完成：{n} 张图像。{info}",
     "stopped": "已中止：保留 {n} 张图像。{info}", "error": "错误", "no_model": "尚未加载模型。",
-    "gallery": "图库", "gallery_empty": "生成的图像会显示在这里。",
+    "gallery_empty": "生成的图像会显示在这里。",
     "use_seed": "使用此种子", "send_img2img": "发送到图生图", "hires_this": "✨ 高分辨率修复",
     "debug_here": "在此打开逐步调试器",
     "code_help": "当前设置对应的完整调用（全选后复制）：",
@@ -65,7 +63,6 @@ ZH = {
     "pasted": "已根据生成参数填好各项设置。", "no_infotext": "这张图像不含生成参数。",
     "dropped": "未应用（此版本不支持）：{keys}",
     "other_params": "另外使用（来自粘贴的参数）：{items}", "clear_other": "清除",
-    "not_available": "此版本的 nbdiffuse 暂不支持{feature}。",
     "img2img_help": "使用文生图页面的提示词和设置。",
     "init_image": "初始图像 (Init image)", "denoising_strength": "重绘幅度 (Denoising strength)",
     "generate_img2img": "生成 (img2img)",
@@ -75,7 +72,6 @@ ZH = {
     "vae": "VAE 模型 (SD VAE)", "apply": "应用", "vae_applied": "VAE：{name}。",
     "insert": "插入提示词", "refresh": "刷新",
     "xyz_plan": "规划（先显示数量）", "xyz_run": "生成图表",
-    "debugger": "逐步调试器",
 }
 
 TABLES = {"en": EN, "zh": ZH}
