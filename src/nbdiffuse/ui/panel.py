@@ -141,17 +141,16 @@ class Panel:
 
     def generate(self, _button=None) -> None:
         """Start ``session.txt2img(**panel.params)`` on a worker thread (the Generate button)."""
-        params = self.params
-        self._start(self.session.txt2img, params, lambda: GenerationParams.from_kwargs(**params).total_steps)
+        self._start(self.session.txt2img, self.params)
 
     def generate_img2img(self, _button=None) -> None:
         """Start ``session.img2img(init_images=[...], denoising_strength=..., **panel.params)``."""
         if self._init_image is None:
             self._show_error(self.t["no_init_image"])
             return
-        params = {**self.params, "denoising_strength": self.w.img2img_strength.value}
-        self._start(self.session.img2img, {**params, "init_images": [self._init_image]},
-                    lambda: GenerationParams.from_kwargs(**params).total_steps)
+        init = [self._init_image]
+        self._start(lambda hooks, **p: self.session.img2img(init_images=init, hooks=hooks, **p),
+                    {**self.params, "denoising_strength": self.w.img2img_strength.value})
 
     def _xyz_spec(self) -> list:
         return [(a.value, v.value) if a.value != "Nothing" else None
@@ -167,9 +166,7 @@ class Panel:
     def run_xyz(self, _button=None) -> None:
         """``session.xyz(x, y, z, show=False, **panel.params)`` on the worker thread; the grid shows in the tab."""
         x, y, z = self._xyz_spec()
-        params = self.params
-        self._start(lambda hooks, **p: self.session.xyz(x, y, z, show=False, **p), params,
-                    lambda: GenerationParams.from_kwargs(**params).total_steps, done=self._show_grid)
+        self._start(lambda hooks, **p: self.session.xyz(x, y, z, show=False, **p), self.params, done=self._show_grid)
 
     def _show_grid(self, grid) -> None:
         image = grid.grid
@@ -327,16 +324,16 @@ class Panel:
             self.w.prompt.value = f"{self.w.prompt.value.rstrip()}{sep}{text}"
 
     # running jobs on the worker thread ------------------------------------------------------------------
-    def _start(self, fn, params: dict, total: Callable[[], int], done=None) -> None:
-        """Run ``fn(hooks=[...], **params)`` on the worker thread; ``total()`` (the progress bar's length) runs
-        first, so a bad value shows at once, before the thread starts."""
+    def _start(self, fn, params: dict, total: Callable[[], int] | None = None, done=None) -> None:
+        """Run ``fn(hooks=[...], **params)`` on the worker thread. ``total()``, the progress bar's length (default:
+        the ``total_steps`` of ``params``), runs first, so a bad value shows at once, before the thread starts."""
         if self.running:
             return
         self._clear_error()
         try:
             if self.session.model is None:
                 raise RuntimeError(self.t["no_model"] + " session.load(...)")
-            steps = total()
+            steps = total() if total is not None else GenerationParams.from_kwargs(**params).total_steps
         except Exception as e:  # noqa: BLE001 - shown in the panel
             self._show_error(e)
             return
