@@ -224,19 +224,7 @@ def infer_vae_config(shapes: dict, path, hints: dict, family: str) -> dict:
         fail("no encoder.down.* blocks")
     lpb = len({int(k.split(".")[4]) for k in shapes if k.startswith("encoder.down.0.block.")})
     channels = [shapes[f"encoder.down.{i}.block.0.conv1.weight"][0] for i in range(levels)]
-    config = dict(
-        in_channels=shapes["encoder.conv_in.weight"][1], out_channels=shapes["decoder.conv_out.weight"][0],
-        down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
-        block_out_channels=channels, layers_per_block=lpb, latent_channels=shapes["post_quant_conv.weight"][0],
-        norm_num_groups=_groups(channels, hints.get("norm_num_groups")),
-        sample_size={"sd1": 512, "sd2": 768}.get(family, 1024),
-        scaling_factor=0.13025 if family.startswith("sdxl") else 0.18215,
-        mid_block_add_attention="encoder.mid.attn_1.q.weight" in shapes,
-    )
-    for k in ("sample_size", "scaling_factor", "force_upcast"):
-        if k in hints:
-            config[k] = hints[k]
-    return config
+    return _vae_config(shapes, channels, lpb, "encoder.mid.attn_1.q.weight" in shapes, hints, family)
 
 
 def te_config(shapes: dict, fmt: str, kind: str, hints: dict, n_layers: int, projection: bool):
@@ -269,20 +257,26 @@ def diffusers_vae_config(shapes: dict, path, hints: dict, family: str) -> dict:
     """diffusers ``AutoencoderKL`` kwargs from diffusers-layout VAE shapes (``encoder.down_blocks.*``)."""
     levels = len({int(k.split(".")[2]) for k in shapes if k.startswith("encoder.down_blocks.")})
     lpb = len({int(k.split(".")[4]) for k in shapes if k.startswith("encoder.down_blocks.0.resnets.")})
+    mid_attention = any(k.startswith("encoder.mid_block.attentions.") for k in shapes)
     try:
         channels = [shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(levels)]
-        config = dict(
-            in_channels=shapes["encoder.conv_in.weight"][1], out_channels=shapes["decoder.conv_out.weight"][0],
-            down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
-            block_out_channels=channels, layers_per_block=lpb,
-            latent_channels=shapes["post_quant_conv.weight"][0],
-            norm_num_groups=_groups(channels, hints.get("norm_num_groups")),
-            sample_size={"sd1": 512, "sd2": 768}.get(family, 1024),
-            scaling_factor=0.13025 if family.startswith("sdxl") else 0.18215,
-            mid_block_add_attention=any(k.startswith("encoder.mid_block.attentions.") for k in shapes),
-        )
+        return _vae_config(shapes, channels, lpb, mid_attention, hints, family)
     except KeyError as e:
         raise ModelLoadError(path, f"unknown VAE layout: missing {e.args[0]}") from None
+
+
+def _vae_config(shapes: dict, channels: list, lpb: int, mid_attention: bool, hints: dict, family: str) -> dict:
+    """The ``AutoencoderKL`` kwargs both VAE layouts share (``shapes``: the keys both name alike)."""
+    levels = len(channels)
+    config = dict(
+        in_channels=shapes["encoder.conv_in.weight"][1], out_channels=shapes["decoder.conv_out.weight"][0],
+        down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
+        block_out_channels=channels, layers_per_block=lpb, latent_channels=shapes["post_quant_conv.weight"][0],
+        norm_num_groups=_groups(channels, hints.get("norm_num_groups")),
+        sample_size={"sd1": 512, "sd2": 768}.get(family, 1024),
+        scaling_factor=0.13025 if family.startswith("sdxl") else 0.18215,
+        mid_block_add_attention=mid_attention,
+    )
     for k in ("sample_size", "scaling_factor", "force_upcast"):
         if k in hints:
             config[k] = hints[k]

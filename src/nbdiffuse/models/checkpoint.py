@@ -160,33 +160,27 @@ def _te_component(sd: StateDict, name: str, prefix: str, fmt: str, kind: str, pr
         else:
             rename = ""
         n_layers = len({int(k.split(".")[3]) for k in raw if k.startswith("text_model.encoder.layers.")})
-        try:
-            config, projection = te_config(raw, fmt, kind, hints, n_layers, projection)
-        except KeyError as e:
-            raise ModelLoadError(sd.path, f"incomplete {name}: missing {prefix}{e.args[0]}") from None
-        cls = CLIPTextModelWithProjection if projection else CLIPTextModel
-        module = _meta_module(_Component(name, cls, config, {}))
-        sources = {}
-        for k, canon in te_canonical_keys(module).items():
-            sources[k] = (prefix + (canon[len(rename):] if rename and canon.startswith(rename) else canon), None)
     else:
         n_file = len({int(k.split(".")[2]) for k in raw if k.startswith("transformer.resblocks.")})
         n_layers = n_file - 1 if drop_last else n_file
         if n_layers < 1:
             raise ModelLoadError(sd.path, f"incomplete {name}: {n_file} transformer layers")
+    try:
+        config, projection = te_config(raw, fmt, kind, hints, n_layers, projection)
+    except KeyError as e:
+        raise ModelLoadError(sd.path, f"incomplete {name}: missing {prefix}{e.args[0]}") from None
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    module = _meta_module(_Component(name, cls, config, {}))
+    sources = {}
+    for k, canon in te_canonical_keys(module).items():
+        if fmt == "hf":
+            sources[k] = (prefix + (canon[len(rename):] if rename and canon.startswith(rename) else canon), None)
+            continue
         try:
-            config, projection = te_config(raw, fmt, kind, hints, n_layers, projection)
-        except KeyError as e:
-            raise ModelLoadError(sd.path, f"incomplete {name}: missing {prefix}{e.args[0]}") from None
-        cls = CLIPTextModelWithProjection if projection else CLIPTextModel
-        module = _meta_module(_Component(name, cls, config, {}))
-        sources = {}
-        for k, canon in te_canonical_keys(module).items():
-            try:
-                file_key, op = openclip_key_map(canon, config.hidden_size)
-            except KeyError:
-                raise ModelLoadError(sd.path, f"unknown {name} layout (no OpenCLIP name for {k})") from None
-            sources[k] = (prefix + file_key, op)
+            file_key, op = openclip_key_map(canon, config.hidden_size)
+        except KeyError:
+            raise ModelLoadError(sd.path, f"unknown {name} layout (no OpenCLIP name for {k})") from None
+        sources[k] = (prefix + file_key, op)
     comp = _Component(name, cls, config, sources, {"format": "HF CLIP" if fmt == "hf" else "OpenCLIP",
                                                    "layers": n_layers}, module)
     _validate(sd, comp, {k: tuple(v.shape) for k, v in module.state_dict().items()})
