@@ -103,7 +103,12 @@ def _finish(unet, vae, text_encoders, tokenizers, arch, prediction_type, name, b
 
 
 def tiny_sd1(seed: int = 0) -> ModelBundle:
-    """A tiny random SD 1.x: CLIP-L-style text encoder (quick_gelu, pad 49407), epsilon prediction."""
+    """A tiny random SD 1.x: CLIP-L-style text encoder (quick_gelu, pad 49407), epsilon prediction.
+
+    >>> bundle = tiny_sd1()
+    >>> bundle.arch, bundle.prediction_type, bundle.native_size
+    ('sd1', 'epsilon', (64, 64))
+    """
     import time
 
     from diffusers import UNet2DConditionModel
@@ -133,7 +138,12 @@ def tiny_sd1(seed: int = 0) -> ModelBundle:
 
 def tiny_sd2(seed: int = 0) -> ModelBundle:
     """A tiny random SD 2.x (768-v style): OpenCLIP-style text encoder (gelu, pad "!" = 0), v-prediction,
-    linear-projection transformers with per-block head counts."""
+    linear-projection transformers with per-block head counts.
+
+    >>> bundle = tiny_sd2()
+    >>> bundle.arch, bundle.prediction_type
+    ('sd2', 'v_prediction')
+    """
     import time
 
     from diffusers import UNet2DConditionModel
@@ -166,7 +176,12 @@ def tiny_sd2(seed: int = 0) -> ModelBundle:
 def tiny_sdxl(seed: int = 0) -> ModelBundle:
     """A tiny random SDXL: CLIP-L-style ``text_encoder`` (hidden 32) + OpenCLIP-style
     ``text_encoder_2`` with projection (hidden 64, projection 32); UNet cross-attention dim 96 (their
-    concatenation), ``text_time`` added conditioning (6 time ids x 8 + 32 pooled = 80), epsilon."""
+    concatenation), ``text_time`` added conditioning (6 time ids x 8 + 32 pooled = 80), epsilon.
+
+    >>> bundle = tiny_sdxl()
+    >>> bundle.arch, len(bundle.text_encoders)
+    ('sdxl', 2)
+    """
     import time
 
     from diffusers import UNet2DConditionModel

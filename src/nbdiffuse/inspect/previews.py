@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.vae import decode, vae_scaling
+
 # A1111 modules/sd_vae_approx.py "cheap_approximation": latent channels (rows) -> RGB (columns).
 LATENT_RGB_FACTORS = {
     "sd1": [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]],
@@ -115,8 +117,7 @@ def taesd_preview(denoised: torch.Tensor, taesd):
     """
     latent, single = _batched(denoised)
     param = next(taesd.parameters())
-    scale = float(getattr(taesd.config, "scaling_factor", 1.0) or 1.0)
-    shift = float(getattr(taesd.config, "shift_factor", 0.0) or 0.0)
+    scale, shift = vae_scaling(taesd, default_scale=1.0)
     z = (latent / scale + shift).to(device=param.device, dtype=param.dtype)
     pixels = taesd.decode(z, return_dict=False)[0].float()
     images = _to_pil((pixels + 1) / 2)
@@ -128,7 +129,6 @@ def vae_preview(denoised: torch.Tensor, bundle):
 
     >>> vae_preview(state.denoised, session.model)[0]  # doctest: +SKIP
     """
-    from ..models.vae import decode
 
     latent, single = _batched(denoised)
     images = decode(bundle, latent, [])

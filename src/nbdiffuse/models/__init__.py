@@ -12,6 +12,8 @@ _LAZY = {
     "ModelBundle": ".bundle", "ModelLoadError": ".errors",
     "load_checkpoint": ".checkpoint", "inspect_checkpoint": ".checkpoint", "load_vae": ".checkpoint",
     "save_checkpoint": ".save",
+    # tiny random models of the real architectures, built from config in a second (tests, teaching, benchmarks)
+    "tiny_sd1": "..testing", "tiny_sd2": "..testing", "tiny_sdxl": "..testing",
 }
 
 __all__ = list(_LAZY)

@@ -11,10 +11,12 @@ from PIL import Image
 from .._notes import note_once
 
 
-def vae_scaling(vae) -> tuple[float, float]:
-    """``(scaling_factor, shift_factor)`` of a VAE: latents = (encoded - shift) * scale (SD's 0.18215, no shift)."""
+def vae_scaling(vae, default_scale: float = 0.18215) -> tuple[float, float]:
+    """``(scaling_factor, shift_factor)`` of a VAE: latents = (encoded - shift) * scale (SD's 0.18215, no shift;
+    TAESD's ``default_scale`` is 1.0)."""
     config = vae.config
-    return float(getattr(config, "scaling_factor", 0.18215)), float(getattr(config, "shift_factor", None) or 0.0)
+    scale = getattr(config, "scaling_factor", None) or default_scale
+    return float(scale), float(getattr(config, "shift_factor", None) or 0.0)
 
 
 @torch.no_grad()
