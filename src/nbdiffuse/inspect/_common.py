@@ -183,3 +183,45 @@ def select_modules(root: torch.nn.Module, selectors, candidates: Callable[[str, 
         for n, m in hits:
             chosen.setdefault(n, m)
     return chosen
+
+
+class ModuleWatch:
+    """The life of a probe on UNet modules (:class:`~nbdiffuse.inspect.probes.Probe`,
+    :class:`~nbdiffuse.inspect.attention.AttentionMaps`): entering selects the modules, holds the session, installs
+    the subclass's hooks and the step tracker, all or nothing; leaving (or :meth:`remove`) takes them out again.
+
+    A subclass sets ``session`` and ``_tracker`` and implements ``_select(unet)`` (-> name -> module), ``_install(name,
+    module)`` and ``_uninstall()``; ``what`` names it in the session's busy message.
+    """
+
+    what = "a probe"
+
+    @property
+    def step_hook(self):
+        """The sampler hook that advances the step counter (installed in ``session.hooks`` automatically)."""
+        return self._tracker.hook
+
+    def __enter__(self):
+        unet = unet_of(self.session)
+        self.modules = self._select(unet)
+        self._release = hold_session(self.session, self.what)
+        try:
+            for name, module in self.modules.items():
+                self._install(name, module)
+            self._tracker.install(unet)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False
+
+    def remove(self) -> None:
+        """Take out every hook this probe installed and let the session go (``__exit__`` does it)."""
+        self._uninstall()
+        self._tracker.remove()
+        release, self._release = getattr(self, "_release", None), None
+        if release is not None:
+            release()

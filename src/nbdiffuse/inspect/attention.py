@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import StepTracker, hold_session, select_modules, split_rows, unet_of
+from ._common import ModuleWatch, StepTracker, select_modules, split_rows
 
 
 class RecordingAttnProcessor:
@@ -140,7 +140,7 @@ def word_positions(prompt: str, word: str, tokenizer) -> list[int]:
     return hits
 
 
-class AttentionMaps:
+class AttentionMaps(ModuleWatch):
     """Context manager recording cross-attention maps of the prompt's tokens (see the module docs).
 
     ``session``: a Session (or ModelBundle; then pass ``maps.step_hook`` in ``hooks=``). ``words``: the words shown by
@@ -170,40 +170,22 @@ class AttentionMaps:
         self._originals: dict[str, object] = {}
         self._names: dict[int, str] = {}
 
-    @property
-    def step_hook(self):
-        return self._tracker.hook
-
     # install / remove -------------------------------------------------------------------------------------
-    def __enter__(self) -> AttentionMaps:
-        unet = unet_of(self.session)
-        self.modules = select_modules(unet, self.layer_selectors, candidates=_is_cross_attention,
-                                      what="cross-attention layer")
-        self._release = hold_session(self.session, "attention maps")
-        try:
-            for name, module in self.modules.items():
-                self._originals[name] = module.processor
-                self._names[id(module)] = name
-                module.set_processor(RecordingAttnProcessor(self._record, module.processor, self._active))
-            self._tracker.install(unet)
-        except BaseException:
-            self.remove()
-            raise
-        return self
+    what = "attention maps"
 
-    def __exit__(self, *exc) -> bool:
-        self.remove()
-        return False
+    def _select(self, unet) -> dict[str, torch.nn.Module]:
+        return select_modules(unet, self.layer_selectors, candidates=_is_cross_attention, what="cross-attention layer")
 
-    def remove(self) -> None:
-        """Put the original attention processors back and remove the step hooks (``__exit__`` does it)."""
+    def _install(self, name: str, module: torch.nn.Module) -> None:
+        self._originals[name] = module.processor
+        self._names[id(module)] = name
+        module.set_processor(RecordingAttnProcessor(self._record, module.processor, self._active))
+
+    def _uninstall(self) -> None:
+        """Put the original attention processors back (the maps so far move to the CPU)."""
         for name, original in self._originals.items():
             self.modules[name].set_processor(original)
         self._originals.clear()
-        self._tracker.remove()
-        release, self._release = getattr(self, "_release", None), None
-        if release is not None:
-            release()
         for d in (self.by_step, self.by_layer):
             for k, v in d.items():
                 d[k] = v.cpu()

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ._common import StepTracker, hold_session, select_modules, split_rows, unet_of
+from ._common import ModuleWatch, StepTracker, select_modules, split_rows
 
 CAPTURE = ("output", "input")
 
@@ -55,7 +55,7 @@ def _first_tensor(value):
     return sample if isinstance(sample, torch.Tensor) else None
 
 
-class Probe:
+class Probe(ModuleWatch):
     """Context manager recording UNet module activations per sampler step (see the module docs).
 
     ``session``: a :class:`~nbdiffuse.session.Session` (or a ModelBundle / UNet; then pass ``probe.step_hook`` in
@@ -87,46 +87,26 @@ class Probe:
         self._handles: list = []
 
     @property
-    def step_hook(self):
-        """The sampler hook that advances the step counter (installed in ``session.hooks`` automatically)."""
-        return self._tracker.hook
-
-    @property
     def names(self) -> list[str]:
         return list(self.modules)
 
     # install / remove -------------------------------------------------------------------------------------
-    def __enter__(self) -> Probe:
-        unet = unet_of(self.session)
-        self.modules = select_modules(unet, self.selectors)
-        self.activations = {name: {} for name in self.modules}
-        self._release = hold_session(self.session, "a probe")
-        try:
-            for name, module in self.modules.items():
-                if self.capture == "output":
-                    handle = module.register_forward_hook(self._output_hook(name))
-                else:
-                    handle = module.register_forward_pre_hook(self._input_hook(name), with_kwargs=True)
-                self._handles.append(handle)
-            self._tracker.install(unet)
-        except BaseException:
-            self.remove()
-            raise
-        return self
+    def _select(self, unet) -> dict[str, torch.nn.Module]:
+        modules = select_modules(unet, self.selectors)
+        self.activations = {name: {} for name in modules}
+        return modules
 
-    def __exit__(self, *exc) -> bool:
-        self.remove()
-        return False
+    def _install(self, name: str, module: torch.nn.Module) -> None:
+        if self.capture == "output":
+            handle = module.register_forward_hook(self._output_hook(name))
+        else:
+            handle = module.register_forward_pre_hook(self._input_hook(name), with_kwargs=True)
+        self._handles.append(handle)
 
-    def remove(self) -> None:
-        """Remove every hook this probe installed (``__exit__`` does it)."""
+    def _uninstall(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._tracker.remove()
-        release, self._release = getattr(self, "_release", None), None
-        if release is not None:
-            release()
 
     # capturing --------------------------------------------------------------------------------------------
     def _output_hook(self, name):
