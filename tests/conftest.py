@@ -39,3 +39,16 @@ def session(sd1, tmp_path):
     s = Session(outputs_dir=tmp_path / "outputs", progress=False)
     s.load(sd1)
     return s
+
+
+def drive(gen, replace=None):
+    """Run a step generator (a sampler, a job) to its end, sending ``replace(state)`` after each step (None: keep
+    the latent); returns ``(what it returned, every StepState)``. Tests import it: ``from conftest import drive``."""
+    states = []
+    try:
+        state = next(gen)
+        while True:
+            states.append(state)
+            state = gen.send(replace(state) if replace is not None else None)
+    except StopIteration as stop:
+        return stop.value, states

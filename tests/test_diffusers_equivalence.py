@@ -41,6 +41,7 @@ import types
 
 import pytest
 import torch
+from conftest import drive
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -367,14 +368,7 @@ def run_our_sampler(session, func, sigmas: torch.Tensor, *, denoiser: Denoiser |
                          time_ids=time_ids, empty=enc.empty())
     rng = ImageNoise(SHAPE, [SEED])
     x = rng.first() * sigmas[0]
-    gen = func(guider, x, sigmas, noise=lambda sigma, sigma_next: rng.next(), **options)
-    try:
-        while True:
-            state = next(gen)
-            if on_step is not None:
-                on_step(state)
-    except StopIteration as stop:
-        return stop.value
+    return drive(func(guider, x, sigmas, noise=lambda sigma, sigma_next: rng.next(), **options), on_step)[0]
 
 
 DPMPP_2M_KARRAS = {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import drive
 
 from nbdiffuse.models.bundle import scaled_linear_alphas_cumprod
 from nbdiffuse.sampling.noise import BrownianNoise, ImageNoise
@@ -43,12 +44,7 @@ def test_sampler_with_schedule_runs_at_one_two_three_steps(sampler, scheduler):
             if spec.needs_uncond:
                 options["uncond"] = lambda m=model: m.last_uncond
             gen = spec.func(model, x, sigmas, noise=noise, **options)
-            states = []
-            try:
-                while True:
-                    states.append(next(gen))
-            except StopIteration as stop:
-                out = stop.value
+            out, states = drive(gen)
             assert states, (sampler, scheduler, steps)
             assert torch.isfinite(out).all(), (sampler, scheduler, arch, steps)
             # The data's mean is 0.3: a finished sample lands near it, not at the initial noise scale.
@@ -72,12 +68,8 @@ def test_timestep_sampler_on_its_a1111_grid_runs_at_one_two_three_steps(sampler)
             if spec.needs_uncond:
                 options["uncond"] = lambda m=model: m.last_uncond
             gen = spec.func(model, x, sigmas, noise=lambda a=None, b=None, r=rng: r.next(), **options)
-            states: list = []
-            try:
-                while True:
-                    states.append(next(gen))
-            except StopIteration as stop:
-                out = stop.value / (1 + sigmas[-1] ** 2) ** 0.5
+            out, states = drive(gen)
+            out = out / (1 + sigmas[-1] ** 2) ** 0.5
             assert len(states) == len(sigmas) - 1, (sampler, steps, t_enc)
             assert torch.isfinite(out).all(), (sampler, steps, t_enc)
             if t_enc is None and sigmas[0] > 10:  # from pure noise (DDIM's 2 or 3 steps start at t 501 / 667)

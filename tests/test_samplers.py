@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import drive
 
 from nbdiffuse.sampling import samplers as S
 from nbdiffuse.sampling.base import append_dims
@@ -100,18 +101,6 @@ def start_latent(shape, seed=0):
     """x_T drawn from the Gaussian model's exact marginal at SIGMA_MAX."""
     g = torch.Generator().manual_seed(seed)
     return MU + math.sqrt(S_DATA**2 + SIGMA_MAX**2) * torch.randn(shape, generator=g)
-
-
-def drive(gen, replace=None):
-    """Run a sampler generator to the end, sending ``replace[i]`` after step i; return (x, states)."""
-    states = []
-    try:
-        state = next(gen)
-        while True:
-            states.append(state)
-            state = gen.send((replace or {}).get(state.i))
-    except StopIteration as stop:
-        return stop.value, states
 
 
 def close(a, b, tol=1e-5):
@@ -514,7 +503,7 @@ def test_latent_sent_at_the_last_step_is_returned(name):
     zeros = torch.zeros(SHAPE)
     out, _ = drive(
         getattr(S, name)(ConvNet(), start_latent(SHAPE), sigmas, noise=SeededNoise(SHAPE)),
-        replace={last: zeros},
+        replace=lambda state: zeros if state.i == last else None,
     )
     assert torch.equal(out, zeros)
 
@@ -529,7 +518,7 @@ def test_latent_sent_mid_run_changes_the_rest_of_the_trajectory(name):
     sent = plain_states[mid].x * 0.5
     out, states = drive(
         getattr(S, name)(ConvNet(), start_latent(SHAPE), sigmas, noise=SeededNoise(SHAPE)),
-        replace={mid: sent},
+        replace=lambda state: sent if state.i == mid else None,
     )
     for a, b in zip(plain_states[: mid + 1], states[: mid + 1]):  # up to the send, nothing changes
         assert torch.equal(a.x, b.x)
@@ -555,7 +544,8 @@ def test_single_step_sampler_continues_from_the_sent_latent(name):
     sigmas, k = karras(8), 3
     noise = KeyedNoise(SHAPE)
     y = start_latent(SHAPE, seed=7) * float(sigmas[k + 1]) / SIGMA_MAX
-    out, states = drive(getattr(S, name)(ConvNet(), start_latent(SHAPE), sigmas, noise=noise), replace={k: y})
+    out, states = drive(getattr(S, name)(ConvNet(), start_latent(SHAPE), sigmas, noise=noise),
+                        replace=lambda state: y if state.i == k else None)
     fresh, fresh_states = drive(getattr(S, name)(ConvNet(), y, sigmas[k + 1 :], noise=noise))
     close(out, fresh)
     close(states[k + 1].denoised, fresh_states[0].denoised)

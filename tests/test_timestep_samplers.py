@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from conftest import drive as run
 from diffusers import DDIMScheduler, PNDMScheduler, UniPCMultistepScheduler
 
 from nbdiffuse.sampling import timestep_samplers as ts
@@ -55,18 +56,6 @@ class Denoiser:
         t = t_of(s)
         eps = eps_model(x * AC[t].sqrt(), t)
         return x - s * eps
-
-
-def run(gen, replace=None):
-    """Drive a sampler generator to the end; returns (final x, list of StepStates)."""
-    states = []
-    try:
-        state = next(gen)
-        while True:
-            states.append(state)
-            state = gen.send(replace(state) if replace else None)
-    except StopIteration as stop:
-        return stop.value, states
 
 
 def vp(x, sigma):

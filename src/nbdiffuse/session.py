@@ -372,18 +372,16 @@ class Session:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, desc=desc, leave=False)
+        run = StepRun(gen)
         try:
-            while True:
-                next(gen)
+            for _ in run:
                 if bar is not None:
                     bar.total = max(bar.total, bar.n + 1)  # Restart/DPM adaptive step counts vary
                     bar.update(1)
-        except StopIteration as stop:
-            result = stop.value
         finally:
             if bar is not None:
                 bar.close()
-        self.last_result = result
+        result = self.last_result = run.result
         p, calls = result.params, result.timings.get("model_calls", 0)
         if calls and not p.enable_hr and result.timings.get("sample_s"):
             self._call_costs.append(result.timings["sample_s"] / calls / (p.width * p.height * p.batch_size))
