@@ -23,9 +23,10 @@ class Jobs:
     def __init__(self, bundle, outputs_dir=None):
         self.bundle, self.encoder, self.outputs_dir = bundle, TextEncoder(bundle), outputs_dir
 
-    def txt2img(self, hooks=(), **params):
-        p = GenerationParams.from_kwargs(**params)
-        return run(txt2img_steps(self.bundle, p, self.encoder, hooks=hooks, outputs_dir=self.outputs_dir))
+    def txt2img(self, hooks=(), upscalers=None, **params):
+        p = GenerationParams.from_kwargs(**params, known_upscalers=upscalers.files if upscalers else ())
+        return run(txt2img_steps(self.bundle, p, self.encoder, hooks=hooks, outputs_dir=self.outputs_dir,
+                                 upscalers=upscalers))
 
     def hires_fix(self, result, hooks=(), **changes):
         return run(hires_fix_steps(self.bundle, result, self.encoder, hooks=hooks, outputs_dir=self.outputs_dir,
@@ -228,29 +229,87 @@ def test_pixel_upscalers_run(jobs, name):
     assert infotext.parse(r.infotexts[0])["Hires upscaler"] == name
 
 
-def test_model_upscaler_file_through_the_loader(jobs, tmp_path, monkeypatch):
+class Fake4x(torch.nn.Module):
+    """An upscaler model: 4x nearest; records the input shapes it saw."""
+
+    scale = 4
+
+    def __init__(self, calls=None):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.calls = calls if calls is not None else []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        return torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest") * self.w
+
+
+@pytest.fixture
+def fake_model_file(tmp_path, monkeypatch):
+    """An upscaler model file ``4x_Fake.pth`` that loads as :class:`Fake4x` (the loader's calls are counted)."""
     path = tmp_path / "4x_Fake.pth"
     path.write_bytes(b"not a real model")
-    calls = []
+    loads, calls = [], []
+    monkeypatch.setattr(upscalers, "load_model", lambda p: loads.append(p) or Fake4x(calls))
+    return path, loads, calls
 
-    class Fake4x(torch.nn.Module):
-        scale = 4
 
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(()))
-
-        def forward(self, x):
-            calls.append(tuple(x.shape))
-            return torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest") * self.w
-
-    monkeypatch.setattr(upscalers, "load_model", lambda p: Fake4x())
-    name = upscalers.register_upscaler(path)
-    assert name == "4x_Fake" and name in upscalers.available_upscalers()
-    r = jobs.txt2img(**BASE, enable_hr=True, hr_upscaler=name, hr_second_pass_steps=1)
+def test_model_upscaler_file_through_the_loader(jobs, fake_model_file):
+    path, loads, calls = fake_model_file
+    ups = upscalers.Upscalers()
+    name = ups.register(path)
+    assert name == "4x_Fake" and name in ups.names()
+    r = jobs.txt2img(**BASE, enable_hr=True, hr_upscaler=name, hr_second_pass_steps=1, upscalers=ups)
     assert calls == [(1, 3, 64, 64)] and r.images[0].size == (128, 128)  # one 4x pass, then Lanczos down
-    r2 = jobs.txt2img(**BASE, enable_hr=True, hr_upscaler=str(path), hr_second_pass_steps=1)
+    r2 = jobs.txt2img(**BASE, enable_hr=True, hr_upscaler=str(path), hr_second_pass_steps=1, upscalers=ups)
     assert r2.images[0].size == (128, 128)
+    assert len(loads) == 1  # the name and the path are the same file: loaded once
+    r3 = jobs.txt2img(**BASE, enable_hr=True, hr_upscaler=str(path), hr_second_pass_steps=1)
+    assert r3.images[0].size == (128, 128)  # a path needs no registry
+
+
+def test_two_sessions_do_not_see_each_others_upscalers(sd1, tmp_path, fake_model_file):
+    from nbdiffuse import Session
+
+    path, _, calls = fake_model_file
+    (tmp_path / "webui" / "models" / "ESRGAN").mkdir(parents=True)
+    (tmp_path / "webui" / "models" / "ESRGAN" / "4x_Folder.pth").write_bytes(b"not a real model")
+    one = Session(outputs_dir=None, progress=False, models_dir=tmp_path / "webui")
+    two = Session(outputs_dir=None, progress=False)
+    for s in (one, two):
+        s.load(sd1)
+    assert one.upscalers.register(path) == "4x_Fake"
+    hires = dict(BASE, enable_hr=True, hr_second_pass_steps=1)
+    assert one.txt2img(**hires, hr_upscaler="4x_Fake").images[0].size == (128, 128)
+    assert one.txt2img(**hires, hr_upscaler="4x_folder").params.hr_upscaler == "4x_Folder"  # the models folder's
+    assert len(calls) == 2
+    assert "4x_Fake" not in two.upscalers.names() and "4x_Fake" not in upscalers.available_upscalers()
+    for name in ("4x_Fake", "4x_Folder"):
+        with pytest.raises(ValueError, match=f"hr_upscaler: Unknown upscaler '{name}'.*Available upscalers: Latent"):
+            two.txt2img(**hires, hr_upscaler=name)
+        with pytest.raises(ValueError, match=f"Unknown upscaler '{name}'"):
+            two.plan_xyz(("Hires upscaler", f"Lanczos, {name}"), **hires)
+    grid = one.xyz(("Hires upscaler", "Lanczos, 4x_Fake"), show=False, **hires)
+    assert grid.done == 2 and len(calls) == 3
+    assert one.hires_fix(one.txt2img(**BASE), hr_upscaler="4x_Fake").images[0].size == (128, 128)
+    assert len(calls) == 4
+    assert two.txt2img(**hires, hr_upscaler=str(path)).images[0].size == (128, 128)  # a path works everywhere
+
+
+def test_unload_frees_the_upscaler_model(session, fake_model_file):
+    import gc
+    import weakref
+
+    path, loads, _ = fake_model_file
+    name = session.upscalers.register(path)
+    session.txt2img(**BASE, enable_hr=True, hr_upscaler=name, hr_second_pass_steps=1)
+    session.txt2img(**BASE, enable_hr=True, hr_upscaler=name, hr_second_pass_steps=1)
+    assert len(loads) == 1  # kept between jobs
+    model = weakref.ref(session.upscalers.model(name))
+    session.unload()
+    gc.collect()
+    assert model() is None
+    assert session.upscalers.names()[-1] == name  # the registration stays; the model loads again when used
 
 
 def test_missing_spandrel_is_a_clear_error(tmp_path, monkeypatch):

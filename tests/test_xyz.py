@@ -132,6 +132,31 @@ def test_interrupted_grid_keeps_finished_cells_and_resumes(session):
     assert not grid.interrupted and grid.done == 4
 
 
+def test_checkpoint_axis_switches_models_and_loads_the_grid_s_model_again(sd1, tmp_path):
+    import torch
+
+    from nbdiffuse import Session
+    from nbdiffuse.models.save import save_checkpoint
+    from nbdiffuse.testing import tiny_sd1
+
+    folder = tmp_path / "webui" / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    other = tiny_sd1()
+    with torch.no_grad():
+        other.unet.conv_out.bias += 0.5
+    save_checkpoint(tiny_sd1(), folder / "a.safetensors")
+    save_checkpoint(other, folder / "b.safetensors")
+    s = Session(outputs_dir=None, progress=False, models_dir=tmp_path / "webui")
+    s.load(sd1)
+    grid = s.xyz(("Checkpoint name", "a.safetensors, b.safetensors"), ("Seed", "1, 2"), show=False, **BASE)
+    assert grid.done == 4 and s.model is sd1  # the model the grid started with, loaded again
+    a, b = (np.asarray(grid.cells[i][0][0].images[0]) for i in (0, 1))
+    assert not np.array_equal(a, b)
+    assert grid.cells[1][0][0].infotexts[0] != grid.cells[0][0][0].infotexts[0]  # each names its model
+    s.load("b.safetensors")
+    assert np.array_equal(np.asarray(s.txt2img(**{**BASE, "seed": 1}).images[0]), b)
+
+
 def test_cjk_labels_render_or_warn_but_never_crash():
     img = Image.new("RGB", (32, 32), (255, 0, 0))
     with warnings.catch_warnings(record=True):

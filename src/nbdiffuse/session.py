@@ -16,6 +16,7 @@ from .jobs.lock import HeldJob, JobLock
 from .jobs.params import GenerationParams, with_native_size
 from .jobs.result import Result
 from .jobs.txt2img import txt2img_steps
+from .jobs.upscalers import Upscalers
 from .models.bundle import ModelBundle
 from .prompts.conditioning import TextEncoder, TokenCount, count_tokens
 from .sampling.base import StepState
@@ -106,7 +107,8 @@ class Session:
     What you can do with it:
 
     - **Models**: ``load(path | name | "toy")``, ``load_vae(...)``, ``unload()``, ``models()`` (what the models
-      folder holds), ``model`` (the loaded :class:`~nbdiffuse.models.ModelBundle`; ``model.native_size``).
+      folder holds), ``model`` (the loaded :class:`~nbdiffuse.models.ModelBundle`; ``model.native_size``),
+      ``upscalers`` (``upscalers.register(path)`` makes an ESRGAN-family file an ``hr_upscaler`` name).
     - **Generate** with A1111's API fields: ``txt2img(...)``, ``img2img(init_images, ...)``, ``loopback(...)``,
       ``hires_fix(result)`` (A1111's ✨); each returns a :class:`~nbdiffuse.Result` and saves under ``outputs_dir``.
     - **Grids**: ``plan_xyz(x, y, z, ...)`` (counts, sizes, time estimate, before any work), ``xyz(...)``.
@@ -145,6 +147,7 @@ class Session:
         self._lock = JobLock()
         self._call_costs: collections.deque[float] = collections.deque(maxlen=20)  # s per model call per pixel
         self._loras = {}  # (path, mtime) -> LoRA read from disk
+        self.upscalers = Upscalers()  # hr_upscaler model files by name, and the one upscaler model in memory
 
     # models -----------------------------------------------------------------------------------------------
     @property
@@ -271,10 +274,11 @@ class Session:
 
     @_exclusive("unloading the model")
     def unload(self) -> None:
-        """Free the current model."""
+        """Free the current model (and the upscaler model hires fix loaded)."""
         self.model = None
         self.encoder = None
         self._original_vae = None
+        self.upscalers.free()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -389,13 +393,8 @@ class Session:
 
     def _params(self, params: dict) -> GenerationParams:
         """Validate a job's parameters (upscaler model files in the models folder count as known upscalers)."""
-        if self.folders is not None and params.get("hr_upscaler"):
-            from .jobs.upscalers import available_upscalers, register_upscaler
-
-            if params["hr_upscaler"] not in available_upscalers():
-                for name in self.folders.list("upscalers"):
-                    register_upscaler(self.folders.find("upscalers", name))
-        p = GenerationParams.from_kwargs(**self._sized(params))
+        self._find_upscaler(params.get("hr_upscaler"))
+        p = GenerationParams.from_kwargs(**self._sized(params), known_upscalers=self.upscalers.files)
         if self.model is not None and self.model.unet is not None:
             from .jobs.guards import check_size
 
@@ -417,6 +416,12 @@ class Session:
             self.encoder.emphasis = p.emphasis
         return p
 
+    def _find_upscaler(self, name) -> None:
+        """Register the models folder's upscaler files when ``name`` is not a known upscaler yet."""
+        if self.folders is not None and name and name not in self.upscalers.names():
+            for found in self.folders.list("upscalers"):
+                self.upscalers.register(self.folders.find("upscalers", found))
+
     def _sized(self, params: dict) -> dict:
         """``width``/``height`` default to the loaded model's native size (A1111's API: 512 for every model)."""
         return with_native_size(params, self.model) if self.model is not None else params
@@ -436,7 +441,8 @@ class Session:
         def build():
             p = self._params(params)
             bundle, kw = self._start(hooks, preview)
-            return p, self._with_networks(p, txt2img_steps(bundle, p, self.encoder, **kw))
+            return p, self._with_networks(p, txt2img_steps(bundle, p, self.encoder, upscalers=self.upscalers,
+                                                           **kw))
 
         return self._held("a txt2img job", build)
 
@@ -493,11 +499,13 @@ class Session:
         result = result if result is not None else self.last_result
         if result is None:
             raise ValueError("hires_fix needs a result: run txt2img first or pass result=...")
+        self._find_upscaler(changes.get("hr_upscaler"))
+
         def build():
             bundle, kw = self._start(hooks)
             self.encoder.emphasis = result.params.emphasis
             return result.params, self._with_networks(result.params, hires_fix_steps(
-                bundle, result, self.encoder, indices=indices, **changes, **kw))
+                bundle, result, self.encoder, indices=indices, upscalers=self.upscalers, **changes, **kw))
 
         _, gen = self._held("a hires fix job", build)
         return self._run(gen, result.params.hr_second_pass_steps or result.params.steps, "Hires fix")
@@ -573,8 +581,9 @@ class Session:
         from .jobs.xyz import plan_xyz
 
         names = self._model_names()
+        self._find_upscaler(params.get("hr_upscaler"))
         plan = plan_xyz(x, y, z, limit_mp=limit_mp, checkpoints=names.get("checkpoints"),
-                        vaes=names.get("vae"), **self._sized(params))
+                        vaes=names.get("vae"), upscalers=self.upscalers.files, **self._sized(params))
         if estimate and self.model is not None:
             low, plan.seconds_estimate, high = self._estimate_seconds(plan)
             plan.seconds_range = (low, high)
@@ -588,11 +597,41 @@ class Session:
         ...                                                                      # doctest: +SKIP
         The grid shows inline and fills in cell by cell; an interrupted grid keeps its cells and can ``resume()``.
         """
-        from .jobs.xyz import run_xyz
-
         self._require_model()
         plan = self.plan_xyz(x, y, z, limit_mp=limit_mp if save_grid else None, estimate=False, **params)
-        return run_xyz(self, plan, save_grid=save_grid, show=show)
+        return self._run_grid(plan, save_grid, show)
+
+    def _run_grid(self, plan, save_grid: bool, show: bool, result=None):
+        """Run (or resume) a planned grid with :func:`~nbdiffuse.jobs.xyz.run_xyz`: each cell is a txt2img without
+        its own progress bar, after loading the checkpoint/VAE the cell names (``_load``) when it changes; the model
+        the grid started with is loaded again afterwards, also when it was interrupted."""
+        from .jobs.xyz import run_xyz
+
+        original = self.model
+        loaded: dict = {}
+
+        def generate(cell: dict) -> Result:
+            wanted = cell.get("_load", {})
+            if "model" in wanted and loaded.get("model") != wanted["model"]:
+                self.load(wanted["model"])
+                loaded["model"] = wanted["model"]
+            if "vae" in wanted and loaded.get("vae") != wanted["vae"]:
+                self.load_vae(wanted["vae"])
+                loaded["vae"] = wanted["vae"]
+            progress, self.progress = self.progress, False
+            try:
+                return self.txt2img(**{k: v for k, v in cell.items() if k != "_load"})
+            finally:
+                self.progress = progress
+
+        try:
+            grid = run_xyz(generate, plan, outputs_dir=self.outputs_dir, progress=self.progress,
+                           save_grid=save_grid, show=show, result=result)
+        finally:
+            if loaded.get("model") is not None:
+                self.load(original if getattr(original, "path", None) is None else original.path)
+        grid._resume = lambda: self._run_grid(plan, save_grid, show, grid)
+        return grid
 
     def _model_names(self) -> dict:
         models = getattr(self, "models", None)
@@ -630,7 +669,7 @@ class Session:
         costs = [(b - a) / pixel_images for a, b in zip(stamps[1:], stamps[2:])]
         costs += list(self._call_costs)
         fixed = max(elapsed - r.timings["sample_s"], 0.0) / pixel_images
-        return estimate_seconds(plan.cells.values(), costs, fixed)
+        return estimate_seconds(plan.cells.values(), costs, fixed, upscalers=self.upscalers.files)
 
     def __repr__(self) -> str:
         model = self.model.name if self.model is not None else "no model"

@@ -57,7 +57,7 @@ from .img2img import img2img_noise_sigma, img2img_schedule, img2img_sigmas
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
-from .upscalers import is_latent, resize_image, upscale_latents
+from .upscalers import Upscalers, is_latent, resize_image, upscale_latents
 
 DEFAULT_DENOISING = 0.7  # A1111's hires fix default
 
@@ -85,10 +85,11 @@ class HiresPlan:
     upscale_to: tuple[int, int]
     truncate: tuple[int, int]
     steps: int  # hires steps requested (the pass runs exactly these)
+    upscalers: Upscalers | None = None  # what loads a model upscaler (a session's session.upscalers)
 
 
 def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mapping[str, Style] | None = None,
-               notes: list[str] | None = None) -> HiresPlan:
+               notes: list[str] | None = None, upscalers: Upscalers | None = None) -> HiresPlan:
     """The second pass of ``p``: its sigmas (A1111's rule), hires prompt conditioning, sampler and options."""
     denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
     spec1, spec2 = SAMPLERS[p.sampler_name], SAMPLERS[p.hr_sampler_used]
@@ -105,7 +106,8 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
                      size=p.hr_upscale_to, schedule_steps=first_total, hires_steps=hires_total, name="hires",
                      tree_sigmas=whole, extra_noise=p.extra_noise,
                      noise_sigma=img2img_noise_sigma(steps, denoising, bundle, spec2, fixed_steps=True))
-    return HiresPlan(bundle, plan, denoising, p.hr_upscaler or "Latent", p.hr_upscale_to, p.hr_truncate, steps)
+    return HiresPlan(bundle, plan, denoising, p.hr_upscaler or "Latent", p.hr_upscale_to, p.hr_truncate, steps,
+                     upscalers)
 
 
 def upscale_for_hires(plan: HiresPlan, latents: torch.Tensor, notes: list[str]) -> torch.Tensor:
@@ -117,7 +119,7 @@ def upscale_for_hires(plan: HiresPlan, latents: torch.Tensor, notes: list[str]) 
         z = upscale_latents(latents.float(), plan.upscaler, (to_y // factor, to_x // factor))
     else:
         images = decode(bundle, latents, notes)
-        images = [resize_image(0, im, to_x, to_y, plan.upscaler) for im in images]
+        images = [resize_image(0, im, to_x, to_y, plan.upscaler, plan.upscalers) for im in images]
         z = encode(bundle, images)
     return crop_latents(z, *plan.truncate)
 
@@ -149,7 +151,7 @@ def hires_fix_steps(bundle, result: Result, encoder: TextEncoder, *, hooks: Sequ
                     control: JobControl | None = None, outputs_dir: str | Path | None = None,
                     progress: Progress | None = None,
                     styles: Mapping[str, Style] | None = None, indices: Sequence[int] | None = None,
-                    **changes) -> Generator[StepState, None, Result]:
+                    upscalers: Upscalers | None = None, **changes) -> Generator[StepState, None, Result]:
     """A1111's ✨ (upscale an earlier txt2img result): the hires pass on ``result``'s first-pass latents with its
     seeds. ``changes`` may set the hires fields (``hr_scale``, ``hr_upscaler``, ``denoising_strength``, ...);
     ``indices`` picks images (default all). Differs from A1111 in one way, for the better: A1111 re-encodes the
@@ -167,24 +169,27 @@ def hires_fix_steps(bundle, result: Result, encoder: TextEncoder, *, hooks: Sequ
     bad = [i for i in picked if not 0 <= i < len(result)]
     if bad:
         raise ValueError(f"hires_fix: indices {bad} out of range for a result of {len(result)} images")
-    p = result.params.replace(enable_hr=True, **changes)
+    known = tuple(upscalers.files) if upscalers is not None else result.params.known_upscalers
+    p = result.params.replace(enable_hr=True, known_upscalers=known, **changes)
     seeds = [result.seeds[i] for i in picked]
     subseeds = [result.subseeds[i] for i in picked]
     p = p.replace(seed=seeds[0], subseed=subseeds[0])
     latents = result.latents[picked]
     with circular_padding(bundle, p.tiling):
         return (yield from _hires_fix(bundle, p, encoder, latents, seeds, subseeds, hooks=hooks, control=control,
-                                      outputs_dir=outputs_dir, progress=progress, styles=styles))
+                                      outputs_dir=outputs_dir, progress=progress, styles=styles,
+                                      upscalers=upscalers))
 
 
-def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, outputs_dir, progress, styles):
+def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, outputs_dir, progress, styles,
+               upscalers):
     control = control or JobControl()
     start = time.perf_counter()
     timings = new_timings()
     notes: list[str] = []
     styled_prompt, styled_negative, _, _ = styled_prompts(p, styles, notes, applied_names(bundle))
     t = time.perf_counter()
-    plan = plan_hires(bundle, p, encoder, styles, notes)
+    plan = plan_hires(bundle, p, encoder, styles, notes, upscalers)
     timings["encode_s"] += time.perf_counter() - t
     denoiser = denoiser_for(bundle)
     func = SAMPLERS[p.sampler_name].func

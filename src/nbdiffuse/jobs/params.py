@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..sampling.noise import resolve_randn_source
@@ -27,6 +27,7 @@ _IGNORED_AT_DEFAULT = {
     "firstphase_width": (0,), "firstphase_height": (0,), "hr_checkpoint_name": (None, "", "Use same checkpoint"),
 }
 _SAME = ("", "Use same sampler", "Use same scheduler")  # A1111's "keep the first pass's" values
+_NOT_A1111 = ("extra", "known_upscalers")  # fields that are no A1111 API field
 
 MAX_PIXELS_PER_BATCH = 64 * 1024 * 1024  # width * height * batch_size; far above any GPU's reach
 MAX_SEED_VALUE = 2**64 - 1  # torch.Generator.manual_seed's range
@@ -84,6 +85,10 @@ class GenerationParams:
     hr_prompt: str = ""  # "": the first pass's
     hr_negative_prompt: str = ""
     extra: dict = field(default_factory=dict, compare=False, repr=False)
+    # Not a generation setting: the model upscalers (registered names) that hr_upscaler may name besides the
+    # built-in ones and model files, from where the parameters were made (a Session passes its own); replace()
+    # keeps them.
+    known_upscalers: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self):
         _check(isinstance(self.prompt, str), "prompt", self.prompt, "a string")
@@ -175,8 +180,9 @@ class GenerationParams:
         object.__setattr__(self, "hr_scale", float(self.hr_scale))
         for name in ("hr_prompt", "hr_negative_prompt"):
             _check(isinstance(getattr(self, name), str), name, getattr(self, name), "a string")
+        object.__setattr__(self, "known_upscalers", tuple(self.known_upscalers))
         try:
-            object.__setattr__(self, "hr_upscaler", resolve_upscaler(self.hr_upscaler)
+            object.__setattr__(self, "hr_upscaler", resolve_upscaler(self.hr_upscaler, self.known_upscalers)
                                if self.hr_upscaler is not None else None)
         except ValueError as e:
             raise ValueError(f"hr_upscaler: {e}") from None
@@ -248,9 +254,10 @@ class GenerationParams:
         return SAMPLERS[self.hr_sampler_used].default_scheduler or "Uniform"
 
     @classmethod
-    def from_kwargs(cls, **kwargs) -> GenerationParams:
-        """Build from A1111 API keyword arguments; unknown fields fail with close-match suggestions."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    def from_kwargs(cls, *, known_upscalers: Iterable[str] = (), **kwargs) -> GenerationParams:
+        """Build from A1111 API keyword arguments; unknown fields fail with close-match suggestions.
+        ``known_upscalers``: registered upscaler names ``hr_upscaler`` may use (``session.upscalers.files``)."""
+        names = {f.name for f in dataclasses.fields(cls)} - set(_NOT_A1111)
         own, extra = {}, {}
         for key, value in kwargs.items():
             if key in names:
@@ -263,7 +270,7 @@ class GenerationParams:
             else:
                 raise TypeError(f"Unknown parameter {key!r}.{suggest(key, names)} "
                                 f"Parameters: {', '.join(sorted(names))}.")
-        return cls(**own, extra=extra)
+        return cls(**own, extra=extra, known_upscalers=tuple(known_upscalers))
 
     @property
     def scheduler_used(self) -> str:
@@ -300,7 +307,7 @@ class GenerationParams:
 
     def to_dict(self) -> dict:
         """The A1111 API payload of these parameters (``txt2img(**p.to_dict())`` rebuilds them)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_A1111}
         out["styles"] = list(self.styles)
         return out
 

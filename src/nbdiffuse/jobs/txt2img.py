@@ -38,20 +38,22 @@ from .hires import hires_pass, plan_hires
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
+from .upscalers import Upscalers
 
 
 def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: Sequence[Hook] = (),
                   control: JobControl | None = None, outputs_dir: str | Path | None = None,
-                  progress: Progress | None = None,
-                  styles: Mapping[str, Style] | None = None) -> Generator[StepState, None, Result]:
+                  progress: Progress | None = None, styles: Mapping[str, Style] | None = None,
+                  upscalers: Upscalers | None = None) -> Generator[StepState, None, Result]:
     """Run txt2img for ``p`` on ``bundle``: yields every step (both passes with hires fix), returns the
-    :class:`Result`. With ``p.tiling`` the UNet and VAE pad circularly for the whole job."""
+    :class:`Result`. With ``p.tiling`` the UNet and VAE pad circularly for the whole job. ``upscalers`` loads a
+    model ``hr_upscaler`` (a session's ``session.upscalers``)."""
     with circular_padding(bundle, p.tiling):
         return (yield from _txt2img(bundle, p, encoder, hooks=hooks, control=control, outputs_dir=outputs_dir,
-                                    progress=progress, styles=styles))
+                                    progress=progress, styles=styles, upscalers=upscalers))
 
 
-def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, styles):
+def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, styles, upscalers):
     control = control or JobControl()
     start = time.perf_counter()
     timings = new_timings()
@@ -68,7 +70,7 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
         sigmas = compute_sigmas(p.scheduler_used, p.steps, bundle.sigmas, arch=bundle.arch,
                                 discard_penultimate=spec.discard_penultimate)
     plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas)
-    hires = plan_hires(bundle, p, encoder, styles, notes) if p.enable_hr else None
+    hires = plan_hires(bundle, p, encoder, styles, notes, upscalers) if p.enable_hr else None
     timings["encode_s"] += time.perf_counter() - t
 
     factor = bundle.vae_scale_factor

@@ -8,7 +8,8 @@ norm, so an upscaled latent keeps its vectors' lengths instead of shrinking them
 
 Pixel upscalers work on PIL images: ``"None"`` (Lanczos straight to the target size), ``"Lanczos"``,
 ``"Nearest"``, and ESRGAN-family model files (RealESRGAN, ESRGAN, SwinIR, ... anything ``spandrel`` loads; the
-optional ``upscale`` extra) given by path or registered by name with :func:`register_upscaler`.
+optional ``upscale`` extra) given by path or registered by name in a session's :class:`Upscalers`
+(``session.upscalers.register(path)``; a session also finds those in its models folder).
 :func:`upscale_image` follows A1111's ``Upscaler.upscale``: up to three passes of the upscaler until the image
 reaches ``scale`` (rounded down to a multiple of 8), then Lanczos to that size; ``resize_image`` then Lanczos-es to
 the exact target.
@@ -17,7 +18,7 @@ the exact target.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import torch
@@ -44,52 +45,96 @@ PIXEL_UPSCALERS: tuple[str, ...] = ("None", "Lanczos", "Nearest")
 #: File types a model upscaler may have.
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 
-_REGISTERED: dict[str, Path] = {}
-_MODEL_CACHE: dict[tuple[str, float], torch.nn.Module] = {}
 
+def available_upscalers(registered: Iterable[str] = ()) -> list[str]:
+    """Every name ``hr_upscaler`` accepts: the built-in ones, then ``registered`` (a model file's path is accepted
+    too).
 
-def register_upscaler(name_or_path: str | os.PathLike, path: str | os.PathLike | None = None) -> str:
-    """Make a model file usable as ``hr_upscaler=name`` (the name defaults to the file's stem, as A1111 names
-    them). Returns the name."""
-    if path is None:
-        path = Path(name_or_path)
-        name = path.stem
-    else:
-        name, path = str(name_or_path), Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"upscaler model {path}: no such file")
-    _REGISTERED[name] = path
-    return name
-
-
-def available_upscalers() -> list[str]:
-    """Every name ``hr_upscaler`` accepts right now (a model file's path is accepted too)."""
-    return [*LATENT_UPSCALE_MODES, *LATENT_EXTRA_MODES, *PIXEL_UPSCALERS, *_REGISTERED]
+    >>> available_upscalers(["4x-UltraSharp"])[-4:]
+    ['None', 'Lanczos', 'Nearest', '4x-UltraSharp']
+    """
+    return [*LATENT_UPSCALE_MODES, *LATENT_EXTRA_MODES, *PIXEL_UPSCALERS, *registered]
 
 
 def is_latent(name: str | None) -> bool:
     return name is None or name in LATENT_UPSCALE_MODES or name in LATENT_EXTRA_MODES
 
 
-def resolve_upscaler(name: str | os.PathLike | None) -> str:
-    """Check an upscaler name: ``None`` is ``"Latent"``; a known name or an existing model file passes (a path is
-    returned as a string); anything else raises ``ValueError`` listing the available ones, closest first."""
+def resolve_upscaler(name: str | os.PathLike | None, registered: Collection[str] = ()) -> str:
+    """Check an upscaler name: ``None`` is ``"Latent"``; a built-in name, one of ``registered`` or an existing
+    model file passes (a path is returned as a string); anything else raises ``ValueError`` listing the available
+    ones, closest first.
+
+    >>> resolve_upscaler("lanczos")
+    'Lanczos'
+    """
     if name is None:
         return "Latent"
     text = str(name)
-    if text in LATENT_UPSCALE_MODES or text in LATENT_EXTRA_MODES or text in PIXEL_UPSCALERS or text in _REGISTERED:
+    available = available_upscalers(registered)
+    if text in available:
         return text
-    lowered = {n.lower(): n for n in available_upscalers()}
+    lowered = {n.lower(): n for n in available}
     if text.lower() in lowered:
         return lowered[text.lower()]
     path = Path(text).expanduser()
     if path.suffix.lower() in MODEL_SUFFIXES and path.is_file():
         return str(path)
-    hint = suggest(text, available_upscalers())
+    hint = suggest(text, available)
     where = (" No such model file either." if path.suffix.lower() in MODEL_SUFFIXES else
              " A model upscaler (ESRGAN, RealESRGAN, SwinIR, ...) can be given as a path to its file.")
-    raise ValueError(f"Unknown upscaler {text!r}.{hint}{where} Available upscalers: "
-                     f"{', '.join(available_upscalers())}.")
+    raise ValueError(f"Unknown upscaler {text!r}.{hint}{where} Available upscalers: {', '.join(available)}.")
+
+
+class Upscalers:
+    """A session's upscaler models (``session.upscalers``): model files registered by name, and the one model kept
+    in memory (``free()``, which ``session.unload()`` calls, lets it go). Two sessions never see each other's.
+
+    >>> ups = Upscalers()
+    >>> ups.resolve("lanczos")
+    'Lanczos'
+    >>> ups.register("models/ESRGAN/4x-UltraSharp.pth")  # doctest: +SKIP
+    '4x-UltraSharp'
+    """
+
+    def __init__(self):
+        self.files: dict[str, Path] = {}  # registered name -> model file
+        self._loaded: tuple[tuple[str, float], torch.nn.Module] | None = None  # ((path, mtime), model)
+
+    def register(self, name_or_path: str | os.PathLike, path: str | os.PathLike | None = None) -> str:
+        """Make a model file usable as ``hr_upscaler=name`` (the name defaults to the file's stem, as A1111 names
+        them). Returns the name."""
+        if path is None:
+            path = Path(name_or_path)
+            name = path.stem
+        else:
+            name, path = str(name_or_path), Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"upscaler model {path}: no such file")
+        self.files[name] = path
+        return name
+
+    def names(self) -> list[str]:
+        """Every name ``hr_upscaler`` accepts in this session right now (a model file's path is accepted too)."""
+        return available_upscalers(self.files)
+
+    def resolve(self, name: str | os.PathLike | None) -> str:
+        """:func:`resolve_upscaler` with this session's registered names."""
+        return resolve_upscaler(name, self.files)
+
+    def model(self, name: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The model of a registered name or a model file's path (:func:`load_model`), loaded once: the last one
+        used stays in memory (keyed by path and mtime), never more than one."""
+        path = Path(self.files.get(str(name), name))
+        key = (str(path.resolve()), path.stat().st_mtime)
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None  # the previous model goes before the next one loads
+            self._loaded = (key, load_model(path))
+        return self._loaded[1]
+
+    def free(self) -> None:
+        """Let the loaded upscaler model go (it loads again when next used)."""
+        self._loaded = None
 
 
 # ----------------------------------------------------------------------------------------------------- latent
@@ -142,12 +187,8 @@ def upscale_latents(latents: torch.Tensor, mode: str, size: tuple[int, int]) -> 
 # ------------------------------------------------------------------------------------------------------ pixels
 
 def load_model(path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Load an upscaler model file with ``spandrel`` (cached by path and mtime). Returns a module mapping
+    """Load an upscaler model file with ``spandrel`` (:meth:`Upscalers.model` keeps it). Returns a module mapping
     ``(1, 3, H, W)`` in [0, 1] to ``(1, 3, sH, sW)`` with a ``scale`` attribute."""
-    path = Path(path)
-    key = (str(path.resolve()), path.stat().st_mtime)
-    if key in _MODEL_CACHE:
-        return _MODEL_CACHE[key]
     try:
         import spandrel
     except ImportError as e:
@@ -156,8 +197,6 @@ def load_model(path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor
     descriptor = spandrel.ModelLoader().load_from_file(str(path))
     model = descriptor.model.eval().requires_grad_(False)
     model.scale = descriptor.scale
-    _MODEL_CACHE.clear()  # keep one model in memory at a time
-    _MODEL_CACHE[key] = model
     return model
 
 
@@ -173,9 +212,10 @@ def _model_pass(model, image: Image.Image, device=None) -> Image.Image:
     return Image.fromarray((y * 255).round().astype(np.uint8))
 
 
-def upscale_image(image: Image.Image, scale: float, name: str) -> Image.Image:
+def upscale_image(image: Image.Image, scale: float, name: str, upscalers: Upscalers | None = None) -> Image.Image:
     """A1111's ``Upscaler.upscale``: repeat the upscaler (at most 3 times) until the image is at least
-    ``scale`` times larger, rounded down to a multiple of 8, then Lanczos to exactly that size."""
+    ``scale`` times larger, rounded down to a multiple of 8, then Lanczos to exactly that size. A model upscaler
+    (a name registered in ``upscalers``, or a file's path) is loaded through ``upscalers`` (default: a new one)."""
     dest_w, dest_h = int((image.width * scale) // 8 * 8), int((image.height * scale) // 8 * 8)
     if name == "Lanczos" or name == "Nearest":
         resample = LANCZOS if name == "Lanczos" else NEAREST
@@ -183,7 +223,7 @@ def upscale_image(image: Image.Image, scale: float, name: str) -> Image.Image:
         def step(im):
             return im.resize((int(im.width * scale), int(im.height * scale)), resample=resample)
     else:
-        model = load_model(_REGISTERED.get(name, name))
+        model = (upscalers if upscalers is not None else Upscalers()).model(name)
 
         def step(im):
             return _model_pass(model, im)
@@ -199,12 +239,12 @@ def upscale_image(image: Image.Image, scale: float, name: str) -> Image.Image:
     return image
 
 
-def _resize(image: Image.Image, w: int, h: int, upscaler: str | None) -> Image.Image:
+def _resize(image: Image.Image, w: int, h: int, upscaler: str | None, upscalers: Upscalers | None) -> Image.Image:
     if upscaler is None or upscaler == "None" or image.mode == "L" or is_latent(upscaler):
         return image.resize((w, h), resample=LANCZOS)
     scale = max(w / image.width, h / image.height)
     if scale > 1.0:
-        image = upscale_image(image, scale, upscaler)
+        image = upscale_image(image, scale, upscaler, upscalers)
     if image.size != (w, h):
         image = image.resize((w, h), resample=LANCZOS)
     return image
@@ -213,18 +253,20 @@ def _resize(image: Image.Image, w: int, h: int, upscaler: str | None) -> Image.I
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 
 
-def resize_image(mode: int, image: Image.Image, width: int, height: int, upscaler: str | None = None) -> Image.Image:
+def resize_image(mode: int, image: Image.Image, width: int, height: int, upscaler: str | None = None,
+                 upscalers: Upscalers | None = None) -> Image.Image:
     """A1111's ``images.resize_image``: 0 just resize (stretch), 1 crop and resize (cover, centred crop),
     2 resize and fill (fit, centred, the borders filled by stretching the image's edge rows/columns).
-    Mode 3 (latent upscale) resizes in latent space, so here it is mode 0."""
+    Mode 3 (latent upscale) resizes in latent space, so here it is mode 0. A model ``upscaler`` is loaded through
+    ``upscalers`` (:func:`upscale_image`)."""
     image = image.convert("RGB")
     if mode in (0, 3):
-        return _resize(image, width, height, upscaler)
+        return _resize(image, width, height, upscaler, upscalers)
     ratio, src_ratio = width / height, image.width / image.height
     if mode == 1:
         src_w = width if ratio > src_ratio else image.width * height // image.height
         src_h = height if ratio <= src_ratio else image.height * width // image.width
-        resized = _resize(image, src_w, src_h, upscaler)
+        resized = _resize(image, src_w, src_h, upscaler, upscalers)
         out = Image.new("RGB", (width, height))
         out.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
         return out
@@ -233,7 +275,7 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int, upscale
                          f"2 ({RESIZE_MODES[2]}) or 3 ({RESIZE_MODES[3]})")
     src_w = width if ratio < src_ratio else image.width * height // image.height
     src_h = height if ratio >= src_ratio else image.height * width // image.width
-    resized = _resize(image, src_w, src_h, upscaler)
+    resized = _resize(image, src_w, src_h, upscaler, upscalers)
     out = Image.new("RGB", (width, height))
     out.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
     if ratio < src_ratio:

@@ -11,10 +11,12 @@ import csv
 import io
 import itertools
 import math
+import os
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from ..sampling.noise import MAX_SEED, resolve_randn_source
 from ..sampling.registry import SAMPLERS, resolve_sampler, suggest
 from ..sampling.schedules import resolve_schedule
 from .params import GenerationParams
+from .result import Result
 
 _INT_RANGE = re.compile(r"\s*([+-]?\s*\d+)\s*-\s*([+-]?\s*\d+)(?:\s*\(([+-]\d+)\s*\))?\s*")
 _INT_COUNT = re.compile(r"\s*([+-]?\s*\d+)\s*-\s*([+-]?\s*\d+)(?:\s*\[(\d+)\s*\])?\s*")
@@ -287,8 +290,10 @@ def _duration(mid: float | None, spread: tuple[float, float] | None) -> str:
     return f"about {_round2(mid)} s ({_round2(spread[0])}–{_round2(spread[1])} s)"
 
 
-def estimate_seconds(cells, call_costs: Sequence[float], fixed_per_pixel: float) -> tuple[float, float, float]:
-    """``(low, typical, high)`` seconds for generating ``cells`` (txt2img parameter dicts).
+def estimate_seconds(cells, call_costs: Sequence[float], fixed_per_pixel: float, *,
+                     upscalers: Collection[str] = ()) -> tuple[float, float, float]:
+    """``(low, typical, high)`` seconds for generating ``cells`` (txt2img parameter dicts; ``upscalers``: the
+    registered upscaler names they may use, as for :func:`plan_xyz`).
 
     ``call_costs``: measured seconds of one model call per latent pixel-image (width × height × batch), warm-up
     excluded; their min, median and max give the three figures. ``fixed_per_pixel``: seconds per pixel-image
@@ -302,7 +307,8 @@ def estimate_seconds(cells, call_costs: Sequence[float], fixed_per_pixel: float)
                (costs[len(costs) // 2 - 1] + costs[len(costs) // 2]) / 2, costs[-1])
     work, fixed = 0.0, 0.0
     for cell in cells:
-        p = GenerationParams.from_kwargs(**{k: v for k, v in cell.items() if k != "_load"})
+        p = GenerationParams.from_kwargs(**{k: v for k, v in cell.items() if k != "_load"},
+                                         known_upscalers=upscalers)
         images = p.batch_size * p.n_iter
         work += SAMPLERS[p.sampler_name].total_steps(p.steps) * p.width * p.height * images
         w, h = p.width, p.height
@@ -333,10 +339,12 @@ def _axis_values(spec) -> tuple[Axis, list]:
 
 
 def plan_xyz(x=None, y=None, z=None, *, limit_mp: float | None = 200.0, checkpoints=None, vaes=None,
-             font_size: int | None = None, **params) -> GridPlan:
+             upscalers: Collection[str] = (), font_size: int | None = None, **params) -> GridPlan:
     """Parse the axes, build and validate every cell's parameters, size the grid; refuse an impossible grid.
 
     ``checkpoints``/``vaes``: names that the Checkpoint name / VAE axes may use (None: those axes are refused).
+    ``upscalers``: registered upscaler names that ``hr_upscaler`` and the Hires upscaler axis may use besides the
+    built-in ones (a session's ``session.upscalers.files``).
     """
     axes = [_axis_values(x), _axis_values(y), _axis_values(z)]
     for axis, values in axes:
@@ -344,7 +352,7 @@ def plan_xyz(x=None, y=None, z=None, *, limit_mp: float | None = 200.0, checkpoi
             _check_names(axis, values, checkpoints, "checkpoint")
         if axis.kind == "vae":
             _check_names(axis, values, vaes, "VAE")
-    base = GenerationParams.from_kwargs(**params)  # validates the base before the cells
+    base = GenerationParams.from_kwargs(**params, known_upscalers=upscalers)  # the base before the cells
     _refuse_too_many_cells(axes, base, limit_mp)
     base_dict = {**params}
     cells, sizes = {}, {}
@@ -358,7 +366,7 @@ def plan_xyz(x=None, y=None, z=None, *, limit_mp: float | None = 200.0, checkpoi
                                      values[i], values))
         validated = {k: v for k, v in cell.items() if k != "_load"}
         try:
-            GenerationParams.from_kwargs(**validated)
+            GenerationParams.from_kwargs(**validated, known_upscalers=upscalers)
         except (ValueError, TypeError) as e:
             labels = ", ".join(a.label(vs[i]) for (a, vs), i in zip(axes, (ix, iy, iz)) if a.name != "Nothing")
             raise ValueError(f"Grid cell ({labels}) is not valid: {e}") from None
@@ -520,38 +528,27 @@ __all__ = ["AXES", "Axis", "GridPlan", "GridResult", "assemble", "estimate_secon
            "final_size", "plan_xyz", "resolve_axis", "split_values", "SAMPLERS"]
 
 
-def run_xyz(session, plan: GridPlan, *, save_grid: bool = True, show: bool = True,
+def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: str | os.PathLike | None = None,
+            progress: bool = True, save_grid: bool = True, show: bool = True,
             result: GridResult | None = None) -> GridResult:
-    """Generate the planned cells (skipping those already in ``result``), updating one inline display."""
-    from pathlib import Path
+    """Generate the planned cells (skipping those already in ``result``), updating one inline display.
 
+    ``generate(cell) -> Result`` makes one cell: ``cell`` is txt2img parameters plus, under ``"_load"``, the
+    checkpoint/VAE the cell needs (``Session.xyz`` passes one that switches them and runs ``session.txt2img``).
+    The grid images are saved under ``outputs_dir/txt2img-grids`` (None: not saved); ``progress`` shows a bar.
+    """
     (xa, xs), (ya, ys), (za, zs) = plan.axes
     if result is None:
         result = GridResult(plan, [[[None for _ in zs] for _ in ys] for _ in xs])
     result.interrupted = False
     handle = _display_handle() if show else None
-    original = session.model
-    original_ref = original if getattr(original, "path", None) is None else None
-    original_path = getattr(original, "path", None)
-    loaded: dict = {}
     todo = [key for key in plan.order if result.cells[key[0]][key[1]][key[2]] is None]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(plan.order), initial=len(plan.order) - len(todo), desc="X/Y/Z grid",
-               disable=not session.progress)
-    progress_was = session.progress
-    session.progress = False
+    bar = tqdm(total=len(plan.order), initial=len(plan.order) - len(todo), desc="X/Y/Z grid", disable=not progress)
     try:
         for ix, iy, iz in todo:
-            cell = plan.cells[(ix, iy, iz)]
-            wanted = cell.get("_load", {})
-            if "model" in wanted and loaded.get("model") != wanted["model"]:
-                session.load(wanted["model"])
-                loaded["model"] = wanted["model"]
-            if "vae" in wanted and loaded.get("vae") != wanted["vae"]:
-                session.load_vae(wanted["vae"])
-                loaded["vae"] = wanted["vae"]
-            r = session.txt2img(**{k: v for k, v in cell.items() if k != "_load"})
+            r = generate(plan.cells[(ix, iy, iz)])
             if r.interrupted:
                 result.interrupted = True
                 break
@@ -563,20 +560,18 @@ def run_xyz(session, plan: GridPlan, *, save_grid: bool = True, show: bool = Tru
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
-        session.progress = progress_was
         bar.close()
-        if loaded.get("model") is not None:
-            session.load(original_ref if original_ref is not None else original_path)
     result.grids = assemble(result)
     if handle is not None:
         handle.update(result.grids[0] if len(result.grids) == 1 else result)
-    if save_grid and not result.interrupted and session.outputs_dir is not None and result.infotext:
+    if save_grid and not result.interrupted and outputs_dir is not None and result.infotext:
         from ..io.outputs import save_image
 
         first = next(result.cells[ix][iy][iz] for ix, iy, iz in plan.order)
-        result.paths = [save_image(g, Path(session.outputs_dir) / "txt2img-grids", seed=first.seeds[0],
+        result.paths = [save_image(g, Path(outputs_dir) / "txt2img-grids", seed=first.seeds[0],
                                    infotext=result.infotext) for g in result.grids]
-    result._resume = lambda: run_xyz(session, plan, save_grid=save_grid, show=show, result=result)
+    result._resume = lambda: run_xyz(generate, plan, outputs_dir=outputs_dir, progress=progress,
+                                     save_grid=save_grid, show=show, result=result)
     return result
 
 

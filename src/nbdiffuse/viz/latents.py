@@ -267,6 +267,7 @@ def explain_hires(session_or_bundle, result=None, *, snapshots: int = 3, index: 
 
     bundle, encoder = _bundle_and_encoder(session_or_bundle)
     hr = {k: params.pop(k) for k in list(params) if k in HIRES_FIELDS}
+    hr["upscalers"] = getattr(session_or_bundle, "upscalers", None)  # a session's registered upscaler models
     params.pop("enable_hr", None)
     if result is None:
         result = run_to_end(txt2img_steps(bundle, GenerationParams.from_kwargs(**with_native_size(params, bundle)),
