@@ -471,3 +471,19 @@ def test_hires_fix_this_runs_the_second_pass_on_that_image(panel):
     assert panel.error is None, panel.error
     assert result.seeds == [6] and result.images[0].size == (128, 128)
     assert "Hires upscale: 2" in result.infotexts[0]
+
+
+def test_the_sessions_registered_upscalers_are_choices(session, tmp_path):
+    model = tmp_path / "4x-Fake.pth"
+    model.write_bytes(b"not loaded by this test")
+    session.upscalers.register(model)
+    panel = Panel(session, lang="en")
+    assert "4x-Fake" in panel.w.hr_upscaler.options
+    panel.set_params(enable_hr=True, hr_upscaler="4x-Fake")  # valid for this session's jobs, so for its panel
+    assert panel.params["hr_upscaler"] == "4x-Fake"
+    other = Panel(Session(outputs_dir=None, progress=False), lang="en")
+    assert "4x-Fake" not in other.w.hr_upscaler.options
+    with pytest.raises(ValueError, match="4x-Fake"):
+        other.set_params(enable_hr=True, hr_upscaler="4x-Fake")
+    panel.close()
+    other.close()

@@ -25,7 +25,6 @@ from PIL import Image
 
 from .. import infotext
 from ..jobs.params import GenerationParams
-from ..jobs.upscalers import available_upscalers
 from ..sampling.registry import resolve_sampler
 from ..sampling.schedules import resolve_schedule
 from .gallery import NEWEST_ONLY, Gallery, Job
@@ -74,7 +73,7 @@ class Panel:
         self._stop_requested = False
         self._steps_done = 0
         self._returned = None
-        self.w = build_panel(self.t, available_upscalers())
+        self.w = build_panel(self.t, session.upscalers.names())
         self.widget = self.w.root
         self.gallery = Gallery(self.w.gallery, gallery_jobs, self._card_buttons)
         self._follow_native_size(None)
@@ -107,7 +106,7 @@ class Panel:
         wanted = {**self.params, **changes}
         if not wanted.get("enable_hr"):
             wanted = {k: v for k, v in wanted.items() if k not in HIRES_CONTROLS}
-        GenerationParams.from_kwargs(**wanted)  # raises before any control changes
+        self._validated(wanted)  # raises before any control changes
         for key, value in changes.items():
             if key in CONTROLS or key in HIRES_CONTROLS:
                 widget = getattr(self.w, key)
@@ -127,6 +126,10 @@ class Panel:
                 else:
                     self._extra[key] = value
         self._show_extra()
+
+    def _validated(self, params: dict) -> GenerationParams:
+        """``params`` checked as the session's jobs check them (its registered upscalers are names too)."""
+        return GenerationParams.from_kwargs(**params, known_upscalers=self.session.upscalers.files)
 
     @property
     def code(self) -> str:
@@ -333,7 +336,7 @@ class Panel:
         try:
             if self.session.model is None:
                 raise RuntimeError(self.t["no_model"] + " session.load(...)")
-            steps = total() if total is not None else GenerationParams.from_kwargs(**params).total_steps
+            steps = total() if total is not None else self._validated(params).total_steps
         except Exception as e:  # noqa: BLE001 - shown in the panel
             self._show_error(e)
             return
