@@ -388,3 +388,20 @@ def test_tiling_is_restored_after_an_error(jobs):
     with pytest.raises(RuntimeError):
         jobs.txt2img(**BASE, tiling=True, hooks=[boom])
     assert all(m.padding_mode == "zeros" for m in jobs.bundle.vae.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("kw", [dict(sampler_name="Euler", scheduler="Karras", denoising_strength=0.45),
+                                dict(sampler_name="DPM++ 2M", hr_sampler_name="Heun", hr_scheduler="Exponential",
+                                     hr_second_pass_steps=3, denoising_strength=0.6)])
+def test_session_sigmas_are_the_sigmas_the_job_runs(session, kw):
+    """session.sigmas(...) tells, without running the job, the sigma of every step txt2img and its hires pass make."""
+    params = {**BASE, **kw, "enable_hr": True, "hr_scale": 1.5}
+    seen = {"txt2img": [], "hires": []}
+    session.txt2img(**params, hooks=[lambda s: seen[s.extra["pass"]].append((float(s.sigma), float(s.sigma_next)))])
+    sigmas = session.sigmas(**params)
+    for name, key in (("txt2img", "first pass"), ("hires", "hires")):
+        ran = sorted({s for pair in seen[name] for s in pair}, reverse=True)  # second-order steps report twice
+        assert ran == pytest.approx([float(s) for s in sigmas[key]], rel=1e-6), name
+    assert torch.equal(sigmas["hires"], sigmas["hires schedule"][-len(sigmas["hires"]):])
+    img2img = session.sigmas(**{**BASE, **kw}, img2img=True)["first pass"]
+    assert len(img2img) == int(min(kw["denoising_strength"], 0.999) * BASE["steps"]) + 2

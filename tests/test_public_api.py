@@ -55,8 +55,68 @@ def test_every_public_name_has_an_example(module):
                                     "nbdiffuse.models.bundle", "nbdiffuse.models.errors", "nbdiffuse.suggest",
                                     "nbdiffuse.infotext", "nbdiffuse.io.infotext", "nbdiffuse.viz.latents",
                                     "nbdiffuse.inspect.previews", "nbdiffuse.ui.labels", "nbdiffuse.jobs.params",
-                                    "nbdiffuse.session", "nbdiffuse.sampling.base"])
+                                    "nbdiffuse.session", "nbdiffuse.sampling.base", "nbdiffuse.testing",
+                                    "nbdiffuse.prompts.styles", "nbdiffuse.io.keys"])
 def test_the_examples_run(module):
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ------------------------------------------------------------------------- what users read uses public names only
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _code_sources():
+    """(where, python source) of every notebook code cell, README python block and benchmark script."""
+    import json
+    import re
+
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(nb.read_text(encoding="utf-8"))["cells"]):
+            if cell["cell_type"] == "code":
+                lines = "".join(cell["source"]).splitlines()
+                yield f"{nb.name} cell {i}", "\n".join("" if line.lstrip().startswith(("%", "!")) else line
+                                                       for line in lines)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for i, block in enumerate(re.findall(r"```python\n(.*?)```", readme, re.S)):
+        yield f"README.md python block {i}", block
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        yield script.name, script.read_text(encoding="utf-8")
+
+
+def non_public_uses(source: str) -> list[str]:
+    """The nbdiffuse names ``source`` imports or reaches (``nbdiffuse.x.y``) that are not public: a module of
+    ``PUBLIC`` and a name in its ``__all__``."""
+    import ast
+
+    public = {m: set(importlib.import_module(m).__all__) for m in PUBLIC}
+    submodules = {m.rpartition(".")[2] for m in PUBLIC if m != "nbdiffuse"}
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nbdiffuse"):
+            for alias in node.names:
+                if node.module not in public or (alias.name not in public[node.module]
+                                                  and not (node.module == "nbdiffuse" and alias.name in submodules)):
+                    bad.append(f"from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            bad += [f"import {a.name}" for a in node.names if a.name.startswith("nbdiffuse") and a.name not in public]
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "nbdiffuse"
+              and node.attr not in public["nbdiffuse"] and node.attr not in submodules):
+            bad.append(f"nbdiffuse.{node.attr}")
+    return bad
+
+
+def test_the_public_name_check_finds_internals():
+    assert non_public_uses("from nbdiffuse.jobs.img2img import img2img_sigmas") == [
+        "from nbdiffuse.jobs.img2img import img2img_sigmas"]
+    assert non_public_uses("import nbdiffuse.toy\nnbdiffuse.toy.load_toy()") == ["import nbdiffuse.toy",
+                                                                               "nbdiffuse.toy"]
+    assert non_public_uses("from nbdiffuse.prompts import parser") == ["from nbdiffuse.prompts import parser"]
+    assert non_public_uses("import nbdiffuse\nfrom nbdiffuse import Session, viz\nfrom nbdiffuse.models import "
+                           "tiny_sd1\nnbdiffuse.infotext.parse('')") == []
+
+
+def test_notebooks_readme_and_benchmarks_use_public_names_only():
+    found = {where: bad for where, source in _code_sources() if (bad := non_public_uses(source))}
+    assert not found, found

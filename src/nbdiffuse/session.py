@@ -295,6 +295,40 @@ class Session:
         tokenizer = self.model.tokenizers[0] if self.model is not None else None
         return count_tokens(prompt, tokenizer)
 
+    def sigmas(self, *, img2img: bool = False, **params) -> dict[str, torch.Tensor]:
+        """The noise levels a job with these parameters would sample, without running it: ``"first pass"``
+        (txt2img's, or with ``img2img=True`` the tail of the schedule an img2img pass runs for
+        ``denoising_strength``) and, with ``enable_hr``, ``"hires"`` (what the second pass runs) and ``"hires
+        schedule"`` (the whole schedule of ``int(steps / denoising_strength)`` steps it is the tail of).
+        Timestep samplers (DDIM, PLMS, UniPC) give their A1111 grid as sigmas.
+
+        >>> from nbdiffuse.models import tiny_sd1
+        >>> session = Session(outputs_dir=None, progress=False)
+        >>> _ = session.load(tiny_sd1())
+        >>> s = session.sigmas(steps=8, sampler_name="Euler", scheduler="Uniform", enable_hr=True,
+        ...                    denoising_strength=0.3)
+        >>> len(s["first pass"]), len(s["hires"]), len(s["hires schedule"])  # 8 and 8 of int(8 / 0.3) = 26 steps
+        (9, 9, 27)
+        >>> bool((s["hires"] == s["hires schedule"][-9:]).all())
+        True
+        """
+        from .jobs.hires import hires_sigmas
+        from .jobs.img2img import DEFAULT_DENOISING, img2img_sigmas
+        from .jobs.txt2img import first_pass_sigmas
+        from .sampling.registry import SAMPLERS
+
+        bundle = self._require_model()
+        p = self._params(params)
+        if img2img:
+            denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
+            out = {"first pass": img2img_sigmas(p.scheduler_used, p.steps, denoising, bundle,
+                                                SAMPLERS[p.sampler_name])}
+        else:
+            out = {"first pass": first_pass_sigmas(bundle, p)}
+        if p.enable_hr and not img2img:
+            out["hires"], out["hires schedule"] = hires_sigmas(bundle, p)
+        return {name: sigmas.cpu() for name, sigmas in out.items()}
+
     # jobs -------------------------------------------------------------------------------------------------
     def _start(self, hooks: Sequence[Hook] | None, preview: int | None = None) -> tuple[ModelBundle, dict]:
         """The loaded model and the job keywords every job takes; clears the stop flags. ``preview=N`` shows the

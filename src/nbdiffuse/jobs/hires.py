@@ -88,14 +88,23 @@ class HiresPlan:
     upscalers: Upscalers | None = None  # what loads a model upscaler (a session's session.upscalers)
 
 
+def hires_sigmas(bundle, p: GenerationParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigmas the second pass runs, the whole schedule they are the tail of)`` (A1111's rule: the last
+    ``hr_second_pass_steps`` of ``int(steps / denoising_strength)`` steps)."""
+    denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
+    spec = SAMPLERS[p.hr_sampler_used]
+    steps = p.hr_second_pass_steps or p.steps
+    return (img2img_sigmas(p.hr_scheduler_used, steps, denoising, bundle, spec, fixed_steps=True),
+            img2img_schedule(p.hr_scheduler_used, steps, denoising, bundle, spec, fixed_steps=True))
+
+
 def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mapping[str, Style] | None = None,
                notes: list[str] | None = None, upscalers: Upscalers | None = None) -> HiresPlan:
     """The second pass of ``p``: its sigmas (A1111's rule), hires prompt conditioning, sampler and options."""
     denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
     spec1, spec2 = SAMPLERS[p.sampler_name], SAMPLERS[p.hr_sampler_used]
     steps = p.hr_second_pass_steps or p.steps
-    sigmas = img2img_sigmas(p.hr_scheduler_used, steps, denoising, bundle, spec2, fixed_steps=True)
-    whole = img2img_schedule(p.hr_scheduler_used, steps, denoising, bundle, spec2, fixed_steps=True)
+    sigmas, whole = hires_sigmas(bundle, p)
     hp = p.replace(prompt=p.hr_prompt or p.prompt, negative_prompt=p.hr_negative_prompt or p.negative_prompt)
     own_notes: list[str] = []
     _, _, prompt, negative = styled_prompts(hp, styles, own_notes, applied_names(bundle))

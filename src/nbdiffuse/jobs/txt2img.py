@@ -11,6 +11,8 @@ import time
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
+import torch
+
 from ..prompts.conditioning import TextEncoder
 from ..prompts.styles import Style
 from ..sampling.base import StepState
@@ -41,6 +43,16 @@ from .tiling import circular_padding
 from .upscalers import Upscalers
 
 
+def first_pass_sigmas(bundle, p: GenerationParams) -> torch.Tensor:
+    """The sigmas txt2img's first pass runs: the schedule type's, or for a timestep sampler (DDIM, PLMS, UniPC)
+    A1111's own grid, whatever the schedule type."""
+    spec = SAMPLERS[p.sampler_name]
+    if spec.grid is not None:
+        return spec.grid(p.steps, bundle.sigmas).sigmas
+    return compute_sigmas(p.scheduler_used, p.steps, bundle.sigmas, arch=bundle.arch,
+                          discard_penultimate=spec.discard_penultimate)
+
+
 def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: Sequence[Hook] = (),
                   control: JobControl | None = None, outputs_dir: str | Path | None = None,
                   progress: Progress | None = None, styles: Mapping[str, Style] | None = None,
@@ -64,12 +76,7 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
     all_seeds, all_subseeds = image_seeds(seed, subseed, p.subseed_strength, p.total_images)
 
     t = time.perf_counter()
-    if spec.grid is not None:  # DDIM, PLMS, UniPC: A1111's own grid, whatever the schedule type
-        sigmas = spec.grid(p.steps, bundle.sigmas).sigmas
-    else:
-        sigmas = compute_sigmas(p.scheduler_used, p.steps, bundle.sigmas, arch=bundle.arch,
-                                discard_penultimate=spec.discard_penultimate)
-    plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas)
+    plan = plan_pass(bundle, p, encoder, prompt, negative, first_pass_sigmas(bundle, p))
     hires = plan_hires(bundle, p, encoder, styles, notes, upscalers) if p.enable_hr else None
     timings["encode_s"] += time.perf_counter() - t
 
