@@ -113,11 +113,12 @@ class Session:
       ``hires_fix(result)`` (A1111's ✨); each returns a :class:`~nbdiffuse.Result` and saves under ``outputs_dir``.
     - **Grids**: ``plan_xyz(x, y, z, ...)`` (counts, sizes, time estimate, before any work), ``xyz(...)``.
     - **Open the loop**: ``steps(...)`` (a generation driven with ``next()``), ``debug(...)`` (step-through
-      debugger), ``probe(...)`` (UNet activations), ``attention_maps(...)``, ``hooks`` (run after every step).
+      debugger), ``probe(...)`` (UNet activations), ``attention_maps(...)``, ``hooks`` (run after every step),
+      ``sigmas(...)`` (the noise levels a job would run, hires pass included).
     - **Stop**: ``interrupt()`` / ``skip()`` from any thread; jobs on one session never overlap (another thread's
       job waits; the same thread's is refused while a stepped job is paused).
     - **Prompts**: ``count_tokens(prompt)`` (A1111's ``76/150``), ``load_styles(path)`` / ``styles``.
-    - **The panel**: ``panel()`` (ipywidgets).
+    - **The panel**: ``panel()``, the same as ``nbdiffuse.ui.Panel(session)`` (ipywidgets).
 
     >>> from nbdiffuse import Session
     >>> s = Session(outputs_dir=None)                             # doctest: +SKIP
