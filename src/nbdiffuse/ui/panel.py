@@ -353,15 +353,15 @@ class Panel:
         try:
             result = fn(hooks=[self._on_step], **params)
         except Exception as e:  # noqa: BLE001 - the API's message is shown; the panel stays usable
+            self._set_busy(False)
             self._show_error(e)
             self.w.status.value = html.escape(self.t["idle"])
-        else:
-            self._returned = result
-            done(result)
-            if not result.interrupted:
-                self.w.progress.value = self.w.progress.max
-        finally:
-            self._set_busy(False)
+            return
+        self._returned = result
+        if not result.interrupted:
+            self.w.progress.value = self.w.progress.max
+        self._set_busy(False)  # the buttons are back before the status says the job is over
+        done(result)
 
     def _show_result(self, result) -> None:
         self.result = result
@@ -372,10 +372,8 @@ class Panel:
             self.w.status.value += f"<br/>&#9888; {html.escape(warning)}"
 
     def _set_busy(self, busy: bool) -> None:
-        for button in (self.w.generate, self.w.generate_img2img):
-            button.disabled = busy
-        self.w.stop.disabled = not busy
-        self.w.skip.disabled = not busy
+        self.w.generate.disabled = self.w.generate_img2img.disabled = busy
+        self.w.stop.disabled = self.w.skip.disabled = not busy
 
     def _on_step(self, state) -> None:
         """The job's hook (worker thread): progress, status and every ``preview_every`` steps the live preview."""
