@@ -497,8 +497,7 @@ class Session:
         ``preview=N`` shows a live x0 preview every N steps. ``width``/``height`` default to the model's native size
         (``session.model.native_size``: 64 for the toy model, 512 SD1, 768 SD2-v, 1024 SDXL), not A1111's 512."""
         p, gen = self._txt2img_job(params, hooks, preview)
-        steps = p.steps + ((p.hr_second_pass_steps or p.steps) if p.enable_hr else 0)
-        return self._run(gen, steps * p.n_iter, p.sampler_name)
+        return self._run(gen, p.total_steps, p.sampler_name)
 
     def img2img(self, init_images=None, *, hooks: Sequence[Hook] | None = None, preview: int | None = None,
                 **params) -> Result:
@@ -543,7 +542,7 @@ class Session:
                 bundle, result, self.encoder, indices=indices, upscalers=self.upscalers, **changes, **kw))
 
         _, gen = self._held("a hires fix job", build)
-        return self._run(gen, result.params.hr_second_pass_steps or result.params.steps, "Hires fix")
+        return self._run(gen, result.params.hr_steps_used, "Hires fix")
 
     def steps(self, *, init_images=None, hooks: Sequence[Hook] | None = None, **params) -> StepRun:
         """A generation (txt2img, or img2img with ``init_images``) as a :class:`StepRun` you drive with

@@ -93,7 +93,7 @@ def hires_sigmas(bundle, p: GenerationParams) -> tuple[torch.Tensor, torch.Tenso
     ``hr_second_pass_steps`` of ``int(steps / denoising_strength)`` steps)."""
     denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
     spec = SAMPLERS[p.hr_sampler_used]
-    steps = p.hr_second_pass_steps or p.steps
+    steps = p.hr_steps_used
     return (img2img_sigmas(p.hr_scheduler_used, steps, denoising, bundle, spec, fixed_steps=True),
             img2img_schedule(p.hr_scheduler_used, steps, denoising, bundle, spec, fixed_steps=True))
 
@@ -103,7 +103,7 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
     """The second pass of ``p``: its sigmas (A1111's rule), hires prompt conditioning, sampler and options."""
     denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
     spec1, spec2 = SAMPLERS[p.sampler_name], SAMPLERS[p.hr_sampler_used]
-    steps = p.hr_second_pass_steps or p.steps
+    steps = p.hr_steps_used
     sigmas, whole = hires_sigmas(bundle, p)
     hp = p.replace(prompt=p.hr_prompt or p.prompt, negative_prompt=p.hr_negative_prompt or p.negative_prompt)
     own_notes: list[str] = []

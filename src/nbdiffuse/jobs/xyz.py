@@ -314,7 +314,7 @@ def estimate_seconds(cells, call_costs: Sequence[float], fixed_per_pixel: float,
         w, h = p.width, p.height
         if p.enable_hr:
             w, h = p.hr_size
-            work += SAMPLERS[p.hr_sampler_used].total_steps(p.hr_second_pass_steps or p.steps) * w * h * images
+            work += SAMPLERS[p.hr_sampler_used].total_steps(p.hr_steps_used) * w * h * images
         fixed += fixed_per_pixel * w * h * images
     low, typical, high = (work * c + fixed for c in figures)
     return low, typical, high
