@@ -487,3 +487,16 @@ def test_the_sessions_registered_upscalers_are_choices(session, tmp_path):
         other.set_params(enable_hr=True, hr_upscaler="4x-Fake")
     panel.close()
     other.close()
+
+
+def test_the_models_folders_upscalers_are_choices_from_the_start(sd1, tmp_path):
+    folder = tmp_path / "webui" / "models" / "ESRGAN"
+    folder.mkdir(parents=True)
+    (folder / "4x_Folder.pth").write_bytes(b"not loaded by this test")
+    session = Session(outputs_dir=None, progress=False, models_dir=tmp_path / "webui")
+    session.load(sd1)
+    panel = Panel(session, lang="en")
+    assert "4x_Folder" in panel.w.hr_upscaler.options  # before any job named it
+    panel.set_params(enable_hr=True, hr_upscaler="4x_Folder")
+    assert panel.params["hr_upscaler"] == "4x_Folder"
+    panel.close()

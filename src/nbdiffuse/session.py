@@ -149,6 +149,7 @@ class Session:
         self._call_costs: collections.deque[float] = collections.deque(maxlen=20)  # s per model call per pixel
         self._loras = {}  # (path, mtime) -> LoRA read from disk
         self.upscalers = Upscalers()  # hr_upscaler model files by name, and the one upscaler model in memory
+        self._find_upscaler()  # the models folder's upscalers are choices from the start (the panel lists them)
 
     # models -----------------------------------------------------------------------------------------------
     @property
@@ -451,9 +452,10 @@ class Session:
             self.encoder.emphasis = p.emphasis
         return p
 
-    def _find_upscaler(self, name) -> None:
-        """Register the models folder's upscaler files when ``name`` is not a known upscaler yet."""
-        if self.folders is not None and name and name not in self.upscalers.names():
+    def _find_upscaler(self, name: str | None = "") -> None:
+        """Register the models folder's upscaler files when ``name`` is not a known upscaler yet (always when
+        ``name`` is left out: a file may have been added to the folder since)."""
+        if self.folders is not None and name is not None and name not in self.upscalers.names():
             for found in self.folders.list("upscalers"):
                 self.upscalers.register(self.folders.find("upscalers", found))
 
