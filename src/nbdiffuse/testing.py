@@ -82,24 +82,31 @@ def _ensure_nonzero_output(unet: torch.nn.Module) -> None:
                     layer.bias.normal_(0.0, 0.02)
 
 
-def _finish(unet, vae, text_encoders, tokenizers, arch, prediction_type, name, build_s) -> ModelBundle:
-    _ensure_nonzero_output(unet)
-    for module in (unet, vae, *text_encoders):
+def _build(seed: int, arch: str, prediction_type: str, tokenizer_kinds: tuple[str, ...], unet: dict,
+           vae_scaling: float, text_encoders) -> ModelBundle:
+    """Build a tiny bundle under ``seed``: the UNet (``unet``: its config beyond the common part), the VAE, then
+    ``text_encoders(tokenizers)`` (the modules, in this order, so each seed gives the same weights as ever)."""
+    import time
+
+    from diffusers import UNet2DConditionModel
+
+    t0 = time.perf_counter()
+    tokenizers = [clip_tokenizer(kind) for kind in tokenizer_kinds]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = UNet2DConditionModel(sample_size=SAMPLE_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
+                                     block_out_channels=(32, 64), norm_num_groups=8, **unet)
+        vae = _vae(vae_scaling)
+        encoders = text_encoders(tokenizers)
+    _ensure_nonzero_output(model)
+    for module in (model, vae, *encoders):
         if any(p.dtype != torch.float32 for p in module.parameters()):  # only if the default dtype isn't
             module.to(torch.float32)
         module.eval()
         module.requires_grad_(False)
-    return ModelBundle(
-        unet=unet,
-        vae=vae,
-        text_encoders=text_encoders,
-        tokenizers=tokenizers,
-        arch=arch,
-        prediction_type=prediction_type,
-        alphas_cumprod=scaled_linear_alphas_cumprod(),
-        name=name,
-        info={"source": "nbdiffuse.testing", "build_s": build_s},
-    )
+    return ModelBundle(unet=model, vae=vae, text_encoders=encoders, tokenizers=tokenizers, arch=arch,
+                       prediction_type=prediction_type, alphas_cumprod=scaled_linear_alphas_cumprod(),
+                       name=f"tiny-{arch}", info={"source": "nbdiffuse.testing", "build_s": time.perf_counter() - t0})
 
 
 def tiny_sd1(seed: int = 0) -> ModelBundle:
@@ -109,31 +116,13 @@ def tiny_sd1(seed: int = 0) -> ModelBundle:
     >>> bundle.arch, bundle.prediction_type, bundle.native_size
     ('sd1', 'epsilon', (64, 64))
     """
-    import time
-
-    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    t0 = time.perf_counter()
-    tokenizer = clip_tokenizer("clip_l")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=SAMPLE_SIZE,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=TEXT_HIDDEN,
-            attention_head_dim=8,  # SD1's config: 8 heads (diffusers' historical misnomer)
-            norm_num_groups=8,
-        )
-        vae = _vae(0.18215)
-        text_encoder = CLIPTextModel(_text_config(TEXT_HIDDEN, "quick_gelu", tokenizer.pad_token_id))
-    return _finish(unet, vae, [text_encoder], [tokenizer], "sd1", "epsilon", "tiny-sd1",
-                   time.perf_counter() - t0)
+    unet = dict(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_HIDDEN,
+                attention_head_dim=8)  # SD1's config: 8 heads (diffusers' historical misnomer)
+    return _build(seed, "sd1", "epsilon", ("clip_l",), unet, 0.18215, lambda tok: [
+        CLIPTextModel(_text_config(TEXT_HIDDEN, "quick_gelu", tok[0].pad_token_id))])
 
 
 def tiny_sd2(seed: int = 0) -> ModelBundle:
@@ -144,33 +133,13 @@ def tiny_sd2(seed: int = 0) -> ModelBundle:
     >>> bundle.arch, bundle.prediction_type
     ('sd2', 'v_prediction')
     """
-    import time
-
-    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    t0 = time.perf_counter()
-    tokenizer = clip_tokenizer("open_clip")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=SAMPLE_SIZE,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=TEXT_HIDDEN,
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            upcast_attention=True,
-            norm_num_groups=8,
-        )
-        vae = _vae(0.18215)
-        text_encoder = CLIPTextModel(_text_config(TEXT_HIDDEN, "gelu", tokenizer.pad_token_id))
-    return _finish(unet, vae, [text_encoder], [tokenizer], "sd2", "v_prediction", "tiny-sd2",
-                   time.perf_counter() - t0)
+    unet = dict(down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_HIDDEN,
+                attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=True)
+    return _build(seed, "sd2", "v_prediction", ("open_clip",), unet, 0.18215, lambda tok: [
+        CLIPTextModel(_text_config(TEXT_HIDDEN, "gelu", tok[0].pad_token_id))])
 
 
 def tiny_sdxl(seed: int = 0) -> ModelBundle:
@@ -182,39 +151,17 @@ def tiny_sdxl(seed: int = 0) -> ModelBundle:
     >>> bundle.arch, len(bundle.text_encoders)
     ('sdxl', 2)
     """
-    import time
-
-    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    t0 = time.perf_counter()
-    tokenizer, tokenizer_2 = clip_tokenizer("clip_l"), clip_tokenizer("open_clip")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=SAMPLE_SIZE,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2),
-            cross_attention_dim=TEXT_HIDDEN + TEXT_HIDDEN_2,
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=SDXL_TIME_EMBED,
-            projection_class_embeddings_input_dim=SDXL_TEXT_PROJECTION + 6 * SDXL_TIME_EMBED,
-            norm_num_groups=8,
-        )
-        vae = _vae(0.13025)
-        text_encoder = CLIPTextModel(_text_config(TEXT_HIDDEN, "quick_gelu", tokenizer.pad_token_id))
-        text_encoder_2 = CLIPTextModelWithProjection(
-            _text_config(TEXT_HIDDEN_2, "gelu", tokenizer_2.pad_token_id, projection_dim=SDXL_TEXT_PROJECTION)
-        )
-    return _finish(unet, vae, [text_encoder, text_encoder_2], [tokenizer, tokenizer_2], "sdxl", "epsilon",
-                   "tiny-sdxl", time.perf_counter() - t0)
+    unet = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                cross_attention_dim=TEXT_HIDDEN + TEXT_HIDDEN_2, attention_head_dim=(2, 4), use_linear_projection=True,
+                addition_embed_type="text_time", addition_time_embed_dim=SDXL_TIME_EMBED,
+                projection_class_embeddings_input_dim=SDXL_TEXT_PROJECTION + 6 * SDXL_TIME_EMBED)
+    return _build(seed, "sdxl", "epsilon", ("clip_l", "open_clip"), unet, 0.13025, lambda tok: [
+        CLIPTextModel(_text_config(TEXT_HIDDEN, "quick_gelu", tok[0].pad_token_id)),
+        CLIPTextModelWithProjection(_text_config(TEXT_HIDDEN_2, "gelu", tok[1].pad_token_id,
+                                                 projection_dim=SDXL_TEXT_PROJECTION))])
 
 
 def _scheduler_kwargs(bundle: ModelBundle) -> dict:
