@@ -31,11 +31,10 @@ TARGETS = {"empty hook list": 1.0, "no-op hook": 1.0, "cheap preview every step"
            "probe every Transformer2DModel output": 15.0}
 
 
-def mid_unet():
-    """A mid-size SD1-style UNet (about 1/10 of SD1's width), random weights, text dim of the tiny encoder."""
+def mid_unet(text_hidden: int):
+    """A mid-size SD1-style UNet (about 1/10 of SD1's width), random weights, for a text encoder of width
+    ``text_hidden``."""
     from diffusers import UNet2DConditionModel
-
-    from nbdiffuse.testing import TEXT_HIDDEN
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -45,7 +44,7 @@ def mid_unet():
             block_out_channels=(64, 128, 128),
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=TEXT_HIDDEN,
+            cross_attention_dim=text_hidden,
             attention_head_dim=8,
             norm_num_groups=32,
         )
@@ -54,18 +53,50 @@ def mid_unet():
 
 def build_session():
     from nbdiffuse import Session
-    from nbdiffuse.testing import tiny_sd1
+    from nbdiffuse.models import tiny_sd1
 
     bundle = tiny_sd1()
-    bundle.unet = mid_unet()
+    bundle.unet = mid_unet(bundle.text_encoders[0].config.hidden_size)
     bundle.name = "bench-mid-sd1"
     session = Session(device="cpu", dtype=torch.float32, outputs_dir=None, progress=False)
     session.load(bundle)
     return session
 
 
+class TimedProbe:
+    """A ``Probe`` whose forward hooks are timed: a hook put in front of the probe's on each probed module
+    (``prepend=True``) and one behind it bracket exactly the probe's own work, which goes to ``INSIDE``."""
+
+    def __init__(self, session, modules):
+        from nbdiffuse.inspect import Probe
+
+        self.probe = Probe(session, modules=modules)
+        self.handles = []
+
+    def __enter__(self):
+        self.probe.__enter__()
+        started = [0.0]
+
+        def start(module, args, output):
+            started[0] = time.perf_counter()
+
+        def stop(module, args, output):
+            INSIDE[0] += time.perf_counter() - started[0]
+
+        for module in self.probe.modules.values():
+            self.handles.append(module.register_forward_hook(start, prepend=True))
+            self.handles.append(module.register_forward_hook(stop))
+        return self.probe
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        return self.probe.__exit__(*exc)
+
+
 def configurations(session):
-    from nbdiffuse.inspect import AttentionMaps, Probe, preview_hook
+    from nbdiffuse.inspect import AttentionMaps, preview_hook
 
     class Null:
         def __enter__(self):
@@ -86,18 +117,13 @@ def configurations(session):
                 INSIDE[0] += time.perf_counter() - t
         return wrapper
 
-    def timed_probe():
-        probe = Probe(session, modules="Transformer2DModel")
-        probe._record = timed(probe._record)  # every forward hook goes through _record
-        return probe
-
     return {
         "no hooks": (lambda: None, Null),
         "empty hook list": (lambda: [], Null),
         "no-op hook": (lambda: [timed(noop)], Null),
         "cheap preview every step": (
             lambda: [timed(preview_hook(every=1, session=session, callback=lambda im, s: None))], Null),
-        "probe every Transformer2DModel output": (lambda: None, timed_probe),
+        "probe every Transformer2DModel output": (lambda: None, lambda: TimedProbe(session, "Transformer2DModel")),
         "attention maps, two words": (lambda: None, lambda: AttentionMaps(session, words=["red", "circle"])),
     }
 

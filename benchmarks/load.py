@@ -4,14 +4,18 @@
     python benchmarks/load.py --arch sdxl         # ~6.9 GB fp16 SDXL base file
     python benchmarks/load.py --arch sd1 --arch sdxl --repeats 2 --dir /big/tmp
 
-Generates an A1111-layout fp16 ``.safetensors`` with random weights (written tensor by tensor, never committed,
-deleted afterwards unless ``--keep``) and a diffusers config folder (configs + tokenizers, no weights) written from
-the same configs, then prints, in one run:
+Generates an A1111-layout fp16 ``.safetensors`` with random weights (``nbdiffuse.models.save_checkpoint`` of a
+full-size fp16 model with random weights, in a subprocess that holds the model in memory while writing it; the
+``nbdiffuse.config`` hints are then taken out of the header, so that the file is "foreign" like any A1111 file
+and everything is inferred from its shapes; never committed, deleted afterwards unless ``--keep``) and a diffusers
+config folder (configs + tokenizers, no weights) written from the same configs, then prints, in one run:
 
 - load time: ours (``load_checkpoint(dtype=float16, hash=False)``) vs diffusers
   (``StableDiffusion[XL]Pipeline.from_single_file(path, config=<folder>, local_files_only=True,
   torch_dtype=float16)``), each in a fresh subprocess (imports excluded from the timing), page cache warm;
-- first-time hash throughput (sha256 of the whole file, no cache) in MB/s;
+- first-time hash throughput in MB/s: ours is the ``hash`` stage of ``load_checkpoint(hash=True)`` (sha256 of the
+  whole file, A1111's ``Model hash``) with an empty hash cache, in a fresh subprocess; the peer is Python's
+  ``hashlib.file_digest(f, "sha256")`` on the same file;
 - peak RSS over the file size, from ``getrusage(RUSAGE_SELF).ru_maxrss`` of each subprocess after loading and
   after touching every weight once (what the first generation does), absolute and above the post-import baseline.
 
@@ -21,10 +25,12 @@ The machine may be shared: the script prints the load average next to the number
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -50,8 +56,11 @@ def full_bundle(arch: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from nbdiffuse.models.bundle import ModelBundle, scaled_linear_alphas_cumprod
-    from nbdiffuse.models.tokenizer import clip_tokenizer
+    from nbdiffuse.models import ModelBundle, tiny_sd1, tiny_sdxl
+
+    # The tiny random models of the same architecture have the real tokenizers (CLIP-L; CLIP-L and OpenCLIP for
+    # SDXL) and SD's training noise schedule: take those from them.
+    tiny = tiny_sd1() if arch == "sd1" else tiny_sdxl()
 
     def clip(hidden, inner, layers, heads, act, pad, proj):
         return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=inner,
@@ -66,7 +75,6 @@ def full_bundle(arch: str):
             unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8)
             vae = AutoencoderKL(**vae_kw, sample_size=512, scaling_factor=0.18215)
             tes = [CLIPTextModel(clip(768, 3072, 12, 12, "quick_gelu", 49407, 768))]
-            toks = [clip_tokenizer("clip_l")]
         else:
             unet = UNet2DConditionModel(
                 sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280),
@@ -78,35 +86,61 @@ def full_bundle(arch: str):
             vae = AutoencoderKL(**vae_kw, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
             tes = [CLIPTextModel(clip(768, 3072, 12, 12, "quick_gelu", 49407, 768)),
                    CLIPTextModelWithProjection(clip(1280, 5120, 32, 20, "gelu", 0, 1280))]
-            toks = [clip_tokenizer("clip_l"), clip_tokenizer("open_clip")]
-    return ModelBundle(unet=unet, vae=vae, text_encoders=tes, tokenizers=toks, arch=arch,
-                       prediction_type="epsilon", alphas_cumprod=scaled_linear_alphas_cumprod())
+    return ModelBundle(unet=unet, vae=vae, text_encoders=tes, tokenizers=list(tiny.tokenizers), arch=arch,
+                       prediction_type="epsilon", alphas_cumprod=tiny.alphas_cumprod)
+
+
+def randomize_fp16(bundle) -> None:
+    """Give the meta-device ``bundle`` real float16 weights, random normal with std 0.02 (in place)."""
+    gen = torch.Generator().manual_seed(0)
+    for module in (bundle.unet, bundle.vae, *bundle.text_encoders):
+        # torch's own .to: diffusers' override would only warn about "modules to keep in float32" (there are none)
+        torch.nn.Module.to(module, torch.float16).to_empty(device="cpu")
+        with torch.no_grad():
+            for t in (*module.parameters(), *module.buffers()):
+                if t.is_floating_point():
+                    t.copy_(torch.randn(t.shape, generator=gen) * 0.02)
+
+
+def drop_metadata(path: Path, key: str) -> None:
+    """Remove ``key`` from the ``__metadata__`` of the safetensors file ``path``, in place: the header keeps its
+    length (padded with spaces, which the format allows), so no tensor data moves."""
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        del header["__metadata__"][key]
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        f.seek(8)
+        f.write(raw + b" " * (n - len(raw)))
 
 
 def generate(arch: str, folder: Path) -> tuple[Path, Path]:
     """Write the random fp16 checkpoint and the diffusers config folder; returns (file, config folder)."""
-    from nbdiffuse.models.save import checkpoint_entries, checkpoint_metadata, write_safetensors
+    from nbdiffuse.models import save_checkpoint
 
     bundle = full_bundle(arch)
-    gen = torch.Generator().manual_seed(0)
-
-    def rand(shape):
-        return lambda: (torch.randn(shape, generator=gen) * 0.02).to(torch.float16)
-
-    entries = [(name, shape, torch.float16, rand(shape)) for name, shape, _, _ in checkpoint_entries(bundle)]
-    path = folder / f"random_{arch}.safetensors"
-    meta = checkpoint_metadata(bundle)
-    meta.pop("nbdiffuse.config")  # a "foreign" file: we infer everything from shapes, like for any A1111 file
-    write_safetensors(path, entries, meta)
     cfg = folder / f"diffusers_config_{arch}"
     _write_config_folder(bundle, cfg)
+    randomize_fp16(bundle)
+    path = save_checkpoint(bundle, folder / f"random_{arch}.safetensors")
+    del bundle
+    drop_metadata(path, "nbdiffuse.config")  # a "foreign" file: we infer everything from shapes, as for any A1111 file
     return path, cfg
+
+
+def _add_slow_tokenizer_files(tokenizer, folder: Path) -> None:
+    """transformers 5 saves only ``tokenizer.json``; real SD folders (and transformers 4's Python ``CLIPTokenizer``)
+    also have ``vocab.json``/``merges.txt``: write them from the tokenizer's own BPE model."""
+    if (folder / "merges.txt").exists():
+        return
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
 def _write_config_folder(bundle, cfg: Path) -> None:
     from diffusers import EulerDiscreteScheduler, PNDMScheduler
-
-    from nbdiffuse.testing import _add_slow_tokenizer_files
 
     cfg.mkdir(parents=True, exist_ok=True)
     bundle.unet.save_config(cfg / "unet")
@@ -116,7 +150,7 @@ def _write_config_folder(bundle, cfg: Path) -> None:
         te.config.architectures = [type(te).__name__]
         te.config.save_pretrained(cfg / sub)
         tok.save_pretrained(cfg / sub.replace("text_encoder", "tokenizer"))
-    _add_slow_tokenizer_files(bundle, cfg)
+        _add_slow_tokenizer_files(tok, cfg / sub.replace("text_encoder", "tokenizer"))
     sched = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                  steps_offset=1, prediction_type="epsilon")
     if bundle.arch == "sdxl":
@@ -159,14 +193,14 @@ def child(loader: str, path: str, config: str, arch: str) -> dict:
     import diffusers  # noqa: F401 - imports are not part of the load time
     import transformers  # noqa: F401
 
-    from nbdiffuse.models.checkpoint import load_checkpoint
+    from nbdiffuse.models import load_checkpoint
 
     base = _rss_now()
     t = time.perf_counter()
-    if loader == "ours":
-        b = load_checkpoint(path, dtype=torch.float16, hash=False)
+    if loader in ("ours", "hash"):
+        b = load_checkpoint(path, dtype=torch.float16, hash=loader == "hash")
         modules = [b.unet, b.vae, *b.text_encoders]
-        extra = {"report": b.info["report"], "variant": b.info["variant"]}
+        extra = {"report": b.info["report"], "variant": b.info["variant"], "hash_s": b.info["timings"].get("hash")}
     else:
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -191,10 +225,12 @@ def child(loader: str, path: str, config: str, arch: str) -> dict:
 def run_child(loader, path, config, arch, timeout=900) -> dict:
     cmd = [sys.executable, __file__, "--child", loader, "--file", str(path), "--config", str(config),
            "--arch", arch]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"loader": loader, "error": f"timed out after {timeout}s"}
+    with tempfile.TemporaryDirectory(prefix="nbdiffuse-bench-cache-") as cache:
+        env = dict(os.environ, NBDIFFUSE_CACHE=cache)  # an empty hash cache: a first-time hash, even with --reuse
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"loader": loader, "error": f"timed out after {timeout}s"}
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -209,15 +245,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--reuse", action="store_true", help="reuse files a --keep run left in --dir")
-    ap.add_argument("--child", choices=["ours", "diffusers"])
+    ap.add_argument("--child", choices=["generate", "ours", "hash", "diffusers"])
     ap.add_argument("--file")
     ap.add_argument("--config")
     args = ap.parse_args()
+    if args.child == "generate":
+        generate(args.arch[0], Path(args.file).parent)
+        print(json.dumps({"loader": "generate"}))
+        return
     if args.child:
         print(json.dumps(child(args.child, args.file, args.config, args.arch[0])))
         return
-    from nbdiffuse.models.hashing import _sha256_file
-
     archs = args.arch or ["sd1"]
     work = Path(args.dir or tempfile.mkdtemp(prefix="nbdiffuse-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -231,14 +269,25 @@ def main() -> None:
         t = time.perf_counter()
         path, cfg = work / f"random_{arch}.safetensors", work / f"diffusers_config_{arch}"
         if not (args.reuse and path.is_file() and cfg.is_dir()):
-            path, cfg = generate(arch, work)
+            # In a subprocess: this one must stay small, since a child started from it inherits its peak RSS
+            # (ru_maxrss survives fork and exec), which would inflate the children's RSS figures.
+            r = run_child("generate", path, cfg, arch, timeout=3600)
+            if "error" in r:
+                print(f"{arch}: could not generate the checkpoint: {r['error']}")
+                continue
             os.sync()  # let the writeback finish before timing anything
         size = path.stat().st_size
         print(f"\n== {arch}: {path.name} {size / 1e9:.2f} GB (generated/found in {time.perf_counter() - t:.0f}s)")
         t = time.perf_counter()
-        _sha256_file(path)
-        hash_s = time.perf_counter() - t
-        print(f"first-time hash: {hash_s:.2f}s = {size / hash_s / 1e6:.0f} MB/s (page cache warm: just written)")
+        with open(path, "rb") as f:
+            hashlib.file_digest(f, "sha256")
+        plain_s = time.perf_counter() - t
+        h = run_child("hash", path, cfg, arch)
+        if "error" in h:
+            print(f"first-time hash: ERROR {h['error']}")
+        else:
+            print(f"first-time hash: ours {h['hash_s']:.2f}s = {size / h['hash_s'] / 1e6:.0f} MB/s, plain hashlib "
+                  f"{plain_s:.2f}s = {size / plain_s / 1e6:.0f} MB/s (page cache warm: just written)")
         results = {"ours": [], "diffusers": []}
         for _ in range(args.repeats):
             for loader in ("ours", "diffusers"):
