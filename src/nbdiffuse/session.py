@@ -288,7 +288,7 @@ class Session:
     def _require_model(self) -> ModelBundle:
         if self.model is None:
             raise RuntimeError("No model is loaded: call session.load(...) first "
-                               "(e.g. session.load(nbdiffuse.testing.tiny_sd1()) for a tiny test model).")
+                               "(e.g. session.load(nbdiffuse.models.tiny_sd1()) for a tiny test model).")
         return self.model
 
     # prompts ----------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ class ModelBundle:
     ``alphas_cumprod`` is the float32 training noise schedule (1000 entries for SD). ``text_encoders`` and
     ``tokenizers`` are parallel lists: one CLIP encoder for SD1/SD2, two (CLIP-L, OpenCLIP-bigG) for SDXL.
 
-    >>> import nbdiffuse.testing
-    >>> bundle = nbdiffuse.testing.tiny_sd1()
+    >>> from nbdiffuse.models import tiny_sd1
+    >>> bundle = tiny_sd1()
     >>> bundle.arch, bundle.prediction_type, bundle.native_size
     ('sd1', 'epsilon', (64, 64))
     """
@@ -53,7 +53,7 @@ class ModelBundle:
         VAE's scale factor. SD1 and SD2-base give 512, SD2-v 768, SDXL 1024, the toy model 64. A session's jobs use
         it for ``width``/``height`` when they are not given.
 
-        >>> nbdiffuse.testing.tiny_sd1().native_size      # doctest: +SKIP
+        >>> tiny_sd1().native_size      # doctest: +SKIP
         (64, 64)
         """
         size = self.unet.config.sample_size

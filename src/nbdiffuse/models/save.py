@@ -172,8 +172,8 @@ def save_checkpoint(bundle, path, dtype: torch.dtype | None = None, *, metadata:
     that A1111, ComfyUI and ``session.load`` read (``dtype``: cast floating tensors, e.g. ``torch.float16``;
     default: as they are). ``metadata``: extra string entries. Returns the path.
 
-    >>> import nbdiffuse.testing
-    >>> path = save_checkpoint(nbdiffuse.testing.tiny_sd1(), tmp / "tiny.safetensors")   # doctest: +SKIP
+    >>> from nbdiffuse.models import tiny_sd1
+    >>> path = save_checkpoint(tiny_sd1(), tmp / "tiny.safetensors")   # doctest: +SKIP
     >>> save_checkpoint(session, "my-model-fp16.safetensors", torch.float16)             # doctest: +SKIP
     """
     if not isinstance(bundle, ModelBundle) and isinstance(getattr(bundle, "model", None), ModelBundle):
