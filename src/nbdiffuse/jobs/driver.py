@@ -148,6 +148,9 @@ class PassPlan:
     # A1111's "Extra noise" of img2img and hires passes: ``noise * extra_noise`` added to the noised init latents.
     extra_noise: float = 0.0
     downscale: int = 8  # pixels per latent (the VAE's scale factor), for "Seed resize from"
+    # Where the latents live. ``sigmas`` stay on the CPU: a sampler reads them on the host every step (float(),
+    # comparisons), which for GPU sigmas would wait for the GPU each time. None: sigmas' device.
+    device: torch.device | None = None
 
     @property
     def steps(self) -> int:
@@ -183,8 +186,9 @@ def plan_pass(bundle, p: GenerationParams, encoder: TextEncoder, prompt: str, ne
     w, h = size or (p.width, p.height)
     time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32, device=bundle.device)
     options = {**spec.options, **sampler_options(p, spec.func)}
-    return PassPlan(spec, options, sigmas.to(bundle.device), conds, uncond, empty, p.cfg_scale / spec.cfg_divisor,
-                    time_ids, name, tree_sigmas, noise_sigma, NoiseSpec.of(p), extra_noise, bundle.vae_scale_factor)
+    return PassPlan(spec, options, sigmas.cpu(), conds, uncond, empty, p.cfg_scale / spec.cfg_divisor,
+                    time_ids, name, tree_sigmas, noise_sigma, NoiseSpec.of(p), extra_noise, bundle.vae_scale_factor,
+                    bundle.device)
 
 
 def checked_replacement(hook: Hook, out, state: StepState) -> torch.Tensor:
@@ -223,7 +227,7 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
     control = control or JobControl()
     spec, sigmas, how = plan.spec, plan.sigmas, plan.noise
     extra_noise = plan.extra_noise
-    device = sigmas.device
+    device = plan.device or sigmas.device
     notes = [GPU_EMULATED_NOTE] if gpu_is_emulated(how.source, device) else []
     rng = ImageNoise(shape, seeds, subseeds, how.subseed_strength, how.seed_resize_from, downscale=plan.downscale,
                      source=how.source, device=device)

@@ -91,6 +91,8 @@ def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
     """Convert a denoiser output to a Karras ODE derivative."""
+    if sigma.ndim == 0 and sigma.device != x.device:  # a CPU sigma with a GPU latent: a scalar operand, no copy
+        return (x - denoised) / sigma
     return (x - denoised) / append_dims(sigma, x.ndim)
 
 

@@ -22,6 +22,17 @@ class UNetRows(NamedTuple):
 _rows: ContextVar[UNetRows | None] = ContextVar("unet_rows", default=None)
 
 
+def on_device(v: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (sigmas, timesteps) on ``device`` without waiting for the device: a fill when its entries
+    are equal (one sigma for the batch, as the samplers give it), else a non-blocking copy. A plain ``.to(cuda)``
+    of a pageable CPU tensor synchronises the stream, which on every step would stall the GPU between steps."""
+    if v.device == device:
+        return v
+    if v.device.type == "cpu" and v.numel() and bool((v == v.reshape(-1)[0]).all()):
+        return torch.full(v.shape, float(v.reshape(-1)[0]), dtype=v.dtype, device=device)
+    return v.to(device, non_blocking=True)
+
+
 def unet_rows() -> UNetRows | None:
     """Inside a UNet forward run by :class:`Denoiser`: which rows of the model call it computes (``None``
     elsewhere). Probes use it to put the per-image forwards of one model call back together."""
@@ -62,20 +73,21 @@ class Denoiser:
         return float(self.sigmas[-1])
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The (fractional) training timestep of each sigma."""
+        """The (fractional) training timestep of each sigma. Computed on the CPU: free for the samplers' CPU
+        sigmas, a host sync for a sigma on the GPU."""
         to_t = vp_sigma_to_t if self.vp_time else sigma_to_t
-        return to_t(sigma.detach().float().cpu(), self.sigmas).to(sigma.device)
+        return on_device(to_t(sigma.detach().float().cpu(), self.sigmas), sigma.device)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                  added_cond: dict | None = None, *, rows_per_call: int | None = None) -> torch.Tensor:
         """``x0`` for every row; ``rows_per_call`` runs the UNet on that many rows at a time (one model call all
         the same): the guidance passes one image's cond and uncond rows, so that every image is computed exactly
         as it would be alone."""
-        sigma = sigma.to(device=x.device, dtype=torch.float32)
+        t = on_device(self.timestep(sigma), x.device).reshape(-1).expand(len(x))  # from the CPU sigma: no sync
+        sigma = on_device(sigma.to(dtype=torch.float32), x.device)
         s = append_dims(sigma, x.ndim)
         c_in = 1 / (s**2 + 1) ** 0.5
         dtype = self.dtype
-        t = self.timestep(sigma).reshape(-1).expand(len(x))
         x_in = (x * c_in).to(dtype)
         context = context.to(device=x.device, dtype=dtype)
         added = {k: v.to(device=x.device, dtype=dtype) for k, v in added_cond.items()} if added_cond else None

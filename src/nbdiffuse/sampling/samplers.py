@@ -50,8 +50,9 @@ def _report(i, total, sigma, sigma_next, x, denoised, calls=1):
 
 
 def _batch(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """A 0-dim sigma repeated once per batch item, as the model takes it."""
-    return sigma * x.new_ones([x.shape[0]])
+    """A 0-dim sigma repeated once per batch item, as the model takes it, on sigma's device: the samplers keep
+    sigmas on the CPU, so that neither they nor the denoiser read a GPU tensor back on every step."""
+    return sigma * torch.ones([x.shape[0]], dtype=x.dtype, device=sigma.device)
 
 
 def _require_noise(noise: NoiseSource | None, needed: bool, what: str) -> None:
@@ -435,7 +436,7 @@ def sample_dpm_fast(model, x, sigmas, *, noise=None, eta=0.0, s_noise=1.0):
     nfe = len(sigmas) - 1
     t_start, t_end = _t_fn(sigma_max), _t_fn(sigma_min)
     m = nfe // 3 + 1
-    ts = torch.linspace(t_start, t_end, m + 1, device=x.device)
+    ts = torch.linspace(t_start, t_end, m + 1, device=sigmas.device)
     orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
     for i, order in enumerate(orders):
         t, t_next = ts[i], ts[i + 1]

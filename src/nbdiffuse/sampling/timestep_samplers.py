@@ -47,7 +47,7 @@ def _ddim_steps(model, x, sigmas, *, noise, eta: float, uncond: Callable[[], tor
     probability-flow ODE. CFG++ (Chung et al. 2024) renoises along the *unconditional* eps instead.
     """
     n = len(sigmas) - 1
-    s_in = x.new_ones([x.shape[0]])
+    s_in = torch.ones([x.shape[0]], dtype=x.dtype, device=sigmas.device)  # sigmas stay on the CPU: no sync
     for i in range(n):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = model(x, sigmas[i] * s_in)
@@ -106,7 +106,7 @@ def sample_plms(model, x, sigmas, *, noise=None):
     DPM++ 2M for few steps; the toy demos leave PLMS out.
     """
     n = len(sigmas) - 1
-    s_in = x.new_ones([x.shape[0]])
+    s_in = torch.ones([x.shape[0]], dtype=x.dtype, device=sigmas.device)  # sigmas stay on the CPU: no sync
     old_eps: list[torch.Tensor] = []
     for i in range(n):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -235,7 +235,7 @@ def sample_unipc(model, x, sigmas, *, noise=None, order: int = 3, variant: str =
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
     n = len(sigmas) - 1
-    s_in = x.new_ones([x.shape[0]])
+    s_in = torch.ones([x.shape[0]], dtype=x.dtype, device=sigmas.device)  # sigmas stay on the CPU: no sync
     ms: list[torch.Tensor] = []
     ss: list[float] = []
     last_sample = None
