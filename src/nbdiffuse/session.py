@@ -132,7 +132,7 @@ class Session:
 
     def __init__(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  outputs_dir: str | Path | None = "outputs", progress: bool = True,
-                 models_dir: str | Path | None = None):
+                 models_dir: str | Path | None = None, *, attention: str = "sdpa"):
         self.models_dir = Path(models_dir).expanduser() if models_dir is not None else None
         self._folders = None
         self._original_vae = None  # the checkpoint's own VAE while load_vae() has swapped in another
@@ -150,6 +150,10 @@ class Session:
         self._loras = {}  # (path, mtime) -> LoRA read from disk
         self.upscalers = Upscalers()  # hr_upscaler model files by name, and the one upscaler model in memory
         self._find_upscaler()  # the models folder's upscalers are choices from the start (the panel lists them)
+        from .models.attention import check_attention
+
+        self.attention = check_attention(attention, self.device)  # the attention back-end of every model loaded
+        self._compile_options: dict | None = None  # set by compile(): every model loaded is compiled
 
     # models -----------------------------------------------------------------------------------------------
     @property
@@ -232,6 +236,7 @@ class Session:
                     self.unload()
                 bundle = load_checkpoint(path, device=self.device, dtype=self.dtype, hash=hash, plan=plan)
         bundle.to(self.device, self.dtype)
+        self._apply_speed(bundle)
         self.unload()
         self.model = bundle
         self.encoder = TextEncoder(bundle, embeddings=self._embeddings_for(bundle))
@@ -290,6 +295,57 @@ class Session:
             raise RuntimeError("No model is loaded: call session.load(...) first "
                                "(e.g. session.load(nbdiffuse.models.tiny_sd1()) for a tiny test model).")
         return self.model
+
+    def _apply_speed(self, bundle: ModelBundle) -> None:
+        """The session's attention back-end (and compile, after ``compile()``) on a model being loaded."""
+        from .models.attention import set_attention
+        from .models.compile import compile_unet
+
+        set_attention(bundle, self.attention, self.device)
+        bundle.info["load_line"] = "; ".join(p for p in (bundle.info.get("load_line"), f"attention {self.attention}")
+                                             if p)
+        if self._compile_options is not None:
+            bundle.info["compile"] = compile_unet(bundle.unet, **self._compile_options)
+
+    def set_attention(self, name: str) -> str:
+        """Use attention back-end ``name`` (``"sdpa"``, ``"xformers"``, ``"plain"``: see
+        :mod:`nbdiffuse.models.attention`) for the loaded model and every later one; an unknown or unusable name
+        raises ValueError with the ones that work here.
+
+        >>> session.set_attention("plain")                            # doctest: +SKIP
+        'plain'
+        """
+        from .models.attention import check_attention, set_attention
+
+        self.attention = check_attention(name, self.device)
+        if self.model is not None:
+            set_attention(self.model, name, self.device)
+        return name
+
+    @_exclusive("compiling the UNet")
+    def compile(self, enabled: bool = True, *, mode: str | None = None, backend: str = "inductor",
+                fullgraph: bool = False, channels_last: bool = True) -> None:
+        """``torch.compile`` the UNet (in place, channels_last; :mod:`nbdiffuse.models.compile`) of the loaded
+        model and of every later one; ``compile(False)`` goes back to eager. Each image size compiles once, on its
+        first job (seconds to minutes); prompt, seed, CFG and sampler changes reuse the graph. Raises RuntimeError
+        when compiling cannot work here (no C++ compiler for the CPU, no triton for CUDA), saying what to install.
+
+        >>> session.compile()                                          # doctest: +SKIP
+        """
+        from .models.compile import compile_problem, compile_unet, uncompile_unet
+
+        if not enabled:
+            self._compile_options = None
+            if self.model is not None:
+                uncompile_unet(self.model.unet)
+                self.model.info.pop("compile", None)
+            return
+        problem = compile_problem(self.device, backend)
+        if problem:
+            raise RuntimeError(f"cannot compile on {self.device}: {problem}")
+        self._compile_options = dict(mode=mode, backend=backend, fullgraph=fullgraph, channels_last=channels_last)
+        if self.model is not None:
+            self.model.info["compile"] = compile_unet(self.model.unet, **self._compile_options)
 
     # prompts ----------------------------------------------------------------------------------------------
     def count_tokens(self, prompt: str) -> TokenCount:
@@ -709,4 +765,5 @@ class Session:
 
     def __repr__(self) -> str:
         model = self.model.name if self.model is not None else "no model"
-        return f"Session({model}, {self.device}, {str(self.dtype).replace('torch.', '')})"
+        speed = f"attention={self.attention}" + (", compiled" if self._compile_options is not None else "")
+        return f"Session({model}, {self.device}, {str(self.dtype).replace('torch.', '')}, {speed})"
