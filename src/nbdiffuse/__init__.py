@@ -11,6 +11,7 @@ from ._version import __version__
 _LAZY = {
     "Session": ".session", "StepRun": ".session", "Result": ".jobs.result",
     "GenerationParams": ".jobs.params", "StepState": ".sampling.base",
+    "doctor": ".health",  # what this kernel can run: torch/CUDA, card, dtypes, memory, attention, widgets, disk
 }
 
 __all__ = [*_LAZY, "__version__"]
