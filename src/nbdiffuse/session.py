@@ -18,6 +18,7 @@ from .jobs.result import Result
 from .jobs.txt2img import txt2img_steps
 from .jobs.upscalers import Upscalers
 from .models.bundle import ModelBundle
+from .models.precision import Policy, apply_policy, choose_dtypes, loading_dtypes
 from .prompts.conditioning import TextEncoder, TokenCount, count_tokens
 from .sampling.base import StepState
 
@@ -126,13 +127,22 @@ class Session:
     >>> r = s.txt2img(prompt="a red circle", steps=20, seed=1)   # doctest: +SKIP
 
     ``device``: default CUDA when present, else CPU. ``dtype``: default float16 on CUDA, float32 on CPU.
+    ``unet_dtype``, ``vae_dtype``, ``text_encoder_dtype``: one component's dtype; left out, the VAE runs in bfloat16
+    on cards that have it (else float32; float16 only for a VAE whose config says it is safe) and the others in
+    ``dtype``. ``upcast_attention``: q·k and softmax in float32 (``None``: where the model asks for it, SD2.x-v in
+    float16). ``session.precision`` is the policy (:mod:`nbdiffuse.models.precision`); a load says it in
+    ``model.info["load_line"]``, and ``repr(session)`` shows it.
     ``outputs_dir``: where images are saved (A1111 layout); ``None`` disables saving.
     ``hooks``: callables ``hook(state)`` run after every step of every job (a returned tensor replaces the latent).
     """
 
     def __init__(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  outputs_dir: str | Path | None = "outputs", progress: bool = True,
-                 models_dir: str | Path | None = None, *, attention: str = "sdpa"):
+                 models_dir: str | Path | None = None, *, attention: str = "sdpa",
+                 unet_dtype: torch.dtype | None = None, vae_dtype: torch.dtype | None = None,
+                 text_encoder_dtype: torch.dtype | None = None, upcast_attention: bool | None = None):
+        self._overrides = dict(dtype=dtype, unet_dtype=unet_dtype, vae_dtype=vae_dtype,
+                               text_encoder_dtype=text_encoder_dtype, upcast_attention=upcast_attention)
         self.models_dir = Path(models_dir).expanduser() if models_dir is not None else None
         self._folders = None
         self._original_vae = None  # the checkpoint's own VAE while load_vae() has swapped in another
@@ -156,6 +166,25 @@ class Session:
         self._compile_options: dict | None = None  # set by compile(): every model loaded is compiled
 
     # models -----------------------------------------------------------------------------------------------
+    @property
+    def precision(self) -> Policy:
+        """The dtype of each component and whether attention is upcast: the loaded model's, or (before a load)
+        what a model with diffusers' default configs would get."""
+        if self.model is not None and isinstance(self.model.info.get("precision"), Policy):
+            return self.model.info["precision"]
+        return self._policy()
+
+    def _policy(self, bundle: ModelBundle | None = None) -> Policy:
+        capability = torch.cuda.get_device_capability(self.device) if self.device.type == "cuda" else None
+        return choose_dtypes(self.device, capability, bundle.vae.config if bundle is not None else None,
+                             self._overrides, bundle.unet.config if bundle is not None else None)
+
+    def _apply_precision(self, bundle: ModelBundle) -> None:
+        """Cast the components as the policy says for this model, and say it in ``info["load_line"]``."""
+        policy = self._policy(bundle)
+        apply_policy(bundle, policy, self.device)
+        bundle.info["load_line"] = "; ".join(part for part in (bundle.info.get("report"), policy.describe()) if part)
+
     @property
     def folders(self):
         """The :class:`~nbdiffuse.models.folders.ModelFolders` of ``models_dir`` (``None`` without one)."""
@@ -206,6 +235,7 @@ class Session:
         """
         from .models.errors import ModelLoadError
 
+        load_as = loading_dtypes(self._policy(), self._overrides)  # the VAE's final dtype needs its config
         if isinstance(model, ModelBundle):
             bundle = model
         elif isinstance(model, str) and model == "toy" and not Path(model).exists():
@@ -214,7 +244,7 @@ class Session:
             except ImportError as e:
                 raise ModelLoadError("toy", f"the embedded toy model is not available in this install ({e})") from e
             try:
-                bundle = load_toy(device=self.device, dtype=self.dtype)
+                bundle = load_toy(device=self.device, dtype=load_as)
             except (OSError, ValueError) as e:
                 raise ModelLoadError("toy", str(e)) from e
         else:
@@ -223,7 +253,7 @@ class Session:
                 from .models.loading import load_diffusers_folder
 
                 try:
-                    bundle = load_diffusers_folder(path, device=self.device, dtype=self.dtype)
+                    bundle = load_diffusers_folder(path, device=self.device, dtype=load_as)
                 except ModelLoadError:
                     raise
                 except (OSError, ValueError) as e:
@@ -234,8 +264,8 @@ class Session:
                 plan = inspect_checkpoint(path)  # raises ModelLoadError; the current model is untouched
                 if self.device.type != "cpu":
                     self.unload()
-                bundle = load_checkpoint(path, device=self.device, dtype=self.dtype, hash=hash, plan=plan)
-        bundle.to(self.device, self.dtype)
+                bundle = load_checkpoint(path, device=self.device, dtype=load_as, hash=hash, plan=plan)
+        self._apply_precision(bundle)
         self._apply_speed(bundle)
         self.unload()
         self.model = bundle
@@ -265,15 +295,17 @@ class Session:
                 swap_vae(bundle, self._original_vae)
                 bundle.info["vae"] = "checkpoint"
                 self._original_vae = None
+                self._apply_precision(bundle)
             return bundle
         vae_hash = None
         if not isinstance(vae, torch.nn.Module):
             from .models.hashing import model_hash
 
             path = self._resolve(vae, "vae")
-            vae = load_vae(path, device=self.device, dtype=self.dtype)
+            vae = load_vae(path, device=self.device, dtype=torch.float32)  # cast once its config is known
             vae_hash = model_hash(path)
-        old = swap_vae(bundle, vae)
+        old = swap_vae(bundle, vae, dtype=next(vae.parameters()).dtype)
+        self._apply_precision(bundle)
         bundle.info["vae_hash"] = vae_hash
         if self._original_vae is None:
             self._original_vae = old
@@ -766,4 +798,4 @@ class Session:
     def __repr__(self) -> str:
         model = self.model.name if self.model is not None else "no model"
         speed = f"attention={self.attention}" + (", compiled" if self._compile_options is not None else "")
-        return f"Session({model}, {self.device}, {str(self.dtype).replace('torch.', '')}, {speed})"
+        return f"Session({model}, {self.device}, {self.precision.short()}, {speed})"

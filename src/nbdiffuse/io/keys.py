@@ -111,6 +111,9 @@ SPECIAL_KEYS: dict[str, str] = {
     "sampler_name": "Sampler", "scheduler": "Schedule type", "hr_sampler_name": "Hires sampler",
     "hr_scheduler": "Hires schedule type", "randn_source": "RNG",
 }
+#: Written (``VAE upcast: float32``) on an image whose VAE decode gave NaN/inf and was redone in that dtype
+#: (:func:`nbdiffuse.models.vae.decode`): how the pixels were made, not a job field, so reading it sets nothing.
+VAE_UPCAST_KEY = "VAE upcast"
 #: A1111 writes DDIM's eta under its own key (and reads both into ``eta``).
 ETA_DDIM = "Eta DDIM"
 #: API field -> the infotext key it is written under (a size's two fields share one key).

@@ -28,8 +28,9 @@ from PIL import Image
 
 from .._notes import note_once
 from ..io.infotext import format as format_infotext
+from ..io.keys import VAE_UPCAST_KEY
 from ..io.outputs import save_image
-from ..models.vae import decode
+from ..models.vae import UPCAST_INFO, decode
 from ..prompts.conditioning import TextEncoder
 from ..prompts.parser import extract_extra_networks
 from ..prompts.styles import Style, apply_styles
@@ -39,6 +40,7 @@ from ..sampling.guidance import CFGDenoiser
 from ..sampling.noise import GPU_EMULATED_NOTE, BrownianNoise, ImageNoise, gpu_is_emulated
 from ..sampling.registry import SAMPLERS
 from .guards import JobInterrupted, interruptible
+from .nancheck import FiniteWatch, NonFiniteLatents, all_finite, unet_failure
 from .params import GenerationParams
 from .result import Result
 
@@ -264,12 +266,22 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
     t = time.perf_counter()
     state = None
     outcome = PassOutcome(None)
+    watch = FiniteWatch(device)  # NaN/inf in any element of a step's latent, without a host sync per step
+
+    def failed(step: int) -> NonFiniteLatents:
+        return NonFiniteLatents(unet_failure(step, plan.steps, denoiser.dtype, plan.name, cfg_scale=plan.cfg_scale,
+                                             cond_ok=all_finite((plan.conds, plan.uncond)),
+                                             init_ok=init is None or all_finite(init)), step)
+
     guard = interruptible(denoiser.unet, control.interrupt)  # an interrupt reaches inside a long UNet call
     guard.__enter__()
     try:
         with torch.no_grad():
             state = next(gen)
         while True:
+            bad = watch.see(state.x, state.i)
+            if bad is not None:
+                raise failed(bad)
             state.extra.update(cond=guider.last_cond, uncond=guider.last_uncond, seeds=list(seeds),
                                **{"pass": plan.name}, **(extra or {}))
             replacement = None
@@ -299,20 +311,12 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
         guard.__exit__(None, None, None)
         gen.close()
         outcome.seconds = time.perf_counter() - t
-    if outcome.x is not None and not torch.isfinite(outcome.x).all():
-        notes.append(nan_note(denoiser.dtype))
+    if outcome.x is not None:
+        bad = watch.first_bad(outcome.x, state.i if state is not None else 0)  # every element; one wait per pass
+        if bad is not None:
+            raise failed(bad)
     outcome.notes = notes
     return outcome
-
-
-def nan_note(dtype: torch.dtype) -> str:
-    """What to say when the sampled latents hold NaN/inf: half precision is a suspect only in half precision."""
-    if dtype == torch.float32:
-        return ("The sampled latents hold NaN/inf values although the UNet ran in float32, so precision is not the "
-                "cause: look at what feeds the model (an extreme CFG scale, LoRA weight or emphasis, a hook's "
-                "replacement latent, a broken model file).")
-    return (f"The UNet produced NaN/inf latents in {str(dtype).replace('torch.', '')}; try float32 "
-            "(Session(dtype=torch.float32)), upcast attention, or a lower CFG scale.")
 
 
 def took(outcome: PassOutcome, notes: list[str], timings: dict) -> PassOutcome:
@@ -342,7 +346,10 @@ def decode_and_save(bundle, x: torch.Tensor, seeds: Sequence[int], fields_for: C
             t = time.perf_counter()
             image = decode(bundle, x[i:i + 1], notes)[0]
             timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t
-            text = format_infotext(*prompts, fields_for(i))
+            fields = fields_for(i)
+            if image.info.get(UPCAST_INFO):  # this image was decoded again: say in which dtype
+                fields = {**fields, VAE_UPCAST_KEY: image.info[UPCAST_INFO]}
+            text = format_infotext(*prompts, fields)
             images.append(image)
             texts.append(text)
             paths.append(None)

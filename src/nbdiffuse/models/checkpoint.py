@@ -53,6 +53,7 @@ from nbdiffuse.models.keymap import (
     unet_key_map,
     vae_key_to_ldm,
 )
+from nbdiffuse.models.precision import component_dtype
 from nbdiffuse.models.state_dict import StateDict, read_state_dict
 
 
@@ -302,7 +303,7 @@ def _build(plan: CheckpointPlan, *, device, dtype) -> ModelBundle:
         for key, (src, op) in comp.sources.items():
             v = apply_op(tensors[src], op)
             if v.is_floating_point():
-                v = v.to(device=device, dtype=dtype)
+                v = v.to(device=device, dtype=component_dtype(dtype, comp.name))
             else:
                 v = v.to(device=device)
             state[key] = v
@@ -333,7 +334,8 @@ def _build(plan: CheckpointPlan, *, device, dtype) -> ModelBundle:
     if upcast is None and plan.arch == "sd2" and pred[0] == "v_prediction":
         _set_upcast(unet, True)  # diffusers' SD2.x-v configs upcast attention (fp16 overflow otherwise)
     info = dict(plan.info)
-    info.update(prediction_type=pred[0], prediction_source=pred[1], dtype=str(dtype).replace("torch.", ""),
+    info.update(prediction_type=pred[0], prediction_source=pred[1],
+                dtype=str(component_dtype(dtype, "unet")).replace("torch.", ""),
                 device=str(device))
     tokenizers = [clip_tokenizer(k) for k in plan.tokenizer_kinds]
     return ModelBundle(unet=unet, vae=vae, text_encoders=tes, tokenizers=tokenizers, arch=plan.arch,
@@ -429,11 +431,12 @@ def load_vae(path, *, device="cpu", dtype: torch.dtype = torch.float32, scaling_
     return module
 
 
-def swap_vae(bundle: ModelBundle, vae) -> torch.nn.Module:
+def swap_vae(bundle: ModelBundle, vae, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """Put ``vae`` (an ``AutoencoderKL``, e.g. from :func:`load_vae`) into ``bundle`` and return the old one.
 
-    The new VAE is moved to the bundle's device/dtype and gets the bundle's latent ``scaling_factor`` (a VAE file
-    does not say which model family it was made for); latent channels and downscale factor must match."""
+    The new VAE is moved to the bundle's device and to ``dtype`` (default: the old VAE's), and gets the bundle's
+    latent ``scaling_factor`` (a VAE file does not say which model family it was made for); latent channels and
+    downscale factor must match."""
     old = bundle.vae
     if int(vae.config.latent_channels) != int(old.config.latent_channels) or \
             len(vae.config.block_out_channels) != len(old.config.block_out_channels):
@@ -442,7 +445,7 @@ def swap_vae(bundle: ModelBundle, vae) -> torch.nn.Module:
                              f"{len(vae.config.block_out_channels)} levels; the model needs "
                              f"{old.config.latent_channels} and {len(old.config.block_out_channels)}")
     p = next(old.parameters())
-    vae.to(device=p.device, dtype=p.dtype)
+    vae.to(device=p.device, dtype=dtype or p.dtype)
     vae.register_to_config(scaling_factor=old.config.scaling_factor)
     bundle.vae = vae
     bundle.info["vae"] = getattr(vae, "nbdiffuse_info", {}).get("path", type(vae).__name__)

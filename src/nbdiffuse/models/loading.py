@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from nbdiffuse.models.bundle import ModelBundle, scaled_linear_alphas_cumprod
+from nbdiffuse.models.precision import component_dtype
 
 # SD's training schedule: what a folder without (parts of) scheduler/scheduler_config.json gets.
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -101,7 +102,7 @@ def _load_tokenizer(root: Path, sub: str, kind: str, info_list: list):
     return tok
 
 
-def load_diffusers_folder(path, *, device="cpu", dtype: torch.dtype = torch.float32) -> ModelBundle:
+def load_diffusers_folder(path, *, device="cpu", dtype=torch.float32) -> ModelBundle:
     """Load a local diffusers Stable Diffusion folder (SD1, SD2 or SDXL) with ``local_files_only``.
 
     Required: ``unet/``, ``vae/``, ``text_encoder/`` (and ``text_encoder_2/`` for SDXL), each with a
@@ -115,7 +116,8 @@ def load_diffusers_folder(path, *, device="cpu", dtype: torch.dtype = torch.floa
     seconds: ``configs``, ``unet``, ``vae``, ``text_encoders``, ``tokenizers``, ``to_device``, ``total``).
 
     Raises ``FileNotFoundError`` (a missing folder, component, config or weights file, naming it) or
-    ``ValueError`` (a file instead of a folder, an unsupported layout or schedule).
+    ``ValueError`` (a file instead of a folder, an unsupported layout or schedule). ``dtype``: one for every
+    component, or a :class:`~nbdiffuse.models.precision.Policy` (one per component).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -163,11 +165,13 @@ def load_diffusers_folder(path, *, device="cpu", dtype: torch.dtype = torch.floa
 
     # --- weights
     t = time.perf_counter()
-    unet = UNet2DConditionModel.from_pretrained(str(unet_dir), local_files_only=True, torch_dtype=dtype,
+    unet = UNet2DConditionModel.from_pretrained(str(unet_dir), local_files_only=True,
+                                                torch_dtype=component_dtype(dtype, "unet"),
                                                 variant=unet_variant)
     timings["unet"] = time.perf_counter() - t
     t = time.perf_counter()
-    vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True, torch_dtype=dtype,
+    vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True,
+                                        torch_dtype=component_dtype(dtype, "vae"),
                                         variant=vae_variant)
     timings["vae"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -178,7 +182,7 @@ def load_diffusers_folder(path, *, device="cpu", dtype: torch.dtype = torch.floa
         with_projection = "CLIPTextModelWithProjection" in archs or (sub == "text_encoder_2" and not archs)
         cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
         text_encoders.append(cls.from_pretrained(str(te_dir), local_files_only=True, variant=te_variant,
-                                                 **{dtype_kw: dtype}))
+                                                 **{dtype_kw: component_dtype(dtype, sub)}))
     timings["text_encoders"] = time.perf_counter() - t
 
     t = time.perf_counter()

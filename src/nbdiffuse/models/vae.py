@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,6 +10,10 @@ import torch
 from PIL import Image
 
 from .._notes import note_once
+from .precision import dtype_name, vae_fallbacks
+
+#: ``image.info`` key :func:`decode` sets on an image it had to decode again: the dtype that gave finite pixels.
+UPCAST_INFO = "nbdiffuse.vae_upcast"
 
 
 def vae_scaling(vae, default_scale: float = 0.18215) -> tuple[float, float]:
@@ -33,18 +38,43 @@ def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image
         z = (latents / scale + shift).to(device=vae.device, dtype=vae.dtype)
         return torch.cat([vae.decode(z[i:i + 1], return_dict=False)[0].float() for i in range(len(z))])
 
+    # Every pixel is checked (A1111 looks at one element). A failed decode is redone for these latents only, in
+    # bfloat16 (float32's range) where the device has it, else float32; the VAE keeps its dtype for the next image.
     pixels = run()
-    if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
-        vae.to(torch.float32)
-        note_once(warnings_out, "The VAE produced NaNs in half precision; decoded again in float32 (the VAE "
-                                "stays in float32 for this session).")
-        pixels = run()
+    upcast = None
+    first = vae.dtype
+    for dtype in vae_fallbacks(first, pixels.device) if not torch.isfinite(pixels).all() else []:
+        with cast_for_now(vae, dtype):
+            pixels = run()
+        if torch.isfinite(pixels).all():
+            upcast = dtype_name(dtype)
+            note_once(warnings_out, f"The VAE produced NaN/inf pixels in {dtype_name(first)}; the image was decoded "
+                                    f"again in {upcast} (its infotext says VAE upcast: {upcast}). A VAE safe in "
+                                    "float16 (the SDXL fp16-fix VAE) or Session(vae_dtype=torch.bfloat16) avoids "
+                                    "the second decode.")
+            break
     if not torch.isfinite(pixels).all():
         note_once(warnings_out, "The VAE produced NaN/inf pixels even in float32: the latents are broken; "
                                 "the affected pixels are black.")
         pixels = torch.nan_to_num(pixels, nan=-1.0, posinf=1.0, neginf=-1.0)
     pixels = ((pixels + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray((px * 255).round().astype(np.uint8)) for px in pixels]
+    images = [Image.fromarray((px * 255).round().astype(np.uint8)) for px in pixels]
+    for image in images if upcast else []:
+        image.info[UPCAST_INFO] = upcast
+    return images
+
+
+@contextlib.contextmanager
+def cast_for_now(module: torch.nn.Module, dtype: torch.dtype):
+    """``module`` in ``dtype`` inside the block, with its very own weights back afterwards (float16 -> bfloat16 ->
+    float16 would round them)."""
+    saved = [(t, t.data) for t in (*module.parameters(), *module.buffers())]
+    torch.nn.Module.to(module, dtype=dtype)  # not diffusers' .to(), which warns about every cast
+    try:
+        yield module
+    finally:
+        for t, data in saved:
+            t.data = data
 
 
 def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
