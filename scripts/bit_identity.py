@@ -63,7 +63,10 @@ for sch in ["Karras", "Exponential", "SGM Uniform", "Align Your Steps", "Beta"]:
 out["t2i subseed"] = h(s.txt2img(sampler_name="Euler a", steps=4, subseed=3, subseed_strength=0.3, n_iter=2, **B))
 out["t2i AND"] = h(s.txt2img(**{**B, "prompt": "a red circle AND a blue square:0.7"}, steps=4))
 out["t2i lora"] = h(s.txt2img(**{**B, "prompt": "a red circle <lora:detail:0.8> shinystyle"}, steps=3))
-out["t2i clip_skip"] = h(s.txt2img(clip_skip=2, steps=3, **B))
+try:  # the tiny model's penultimate layer with this emphasis is inf: since issue 17 the job stops and says so
+    out["t2i clip_skip"] = h(s.txt2img(clip_skip=2, steps=3, **B))
+except RuntimeError as e:
+    out["t2i clip_skip"] = f"{type(e).__name__}: {str(e)[:60]}"
 hr = s.txt2img(enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, steps=4, **B)
 out["hires latent"] = h(hr)
 for up in ["Latent (nearest-exact)", "Lanczos", "None"]:

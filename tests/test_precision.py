@@ -249,3 +249,16 @@ def test_a_vae_that_really_overflows_in_float16_is_decoded_again():
 def test_an_image_decoded_without_trouble_has_no_upcast_key(session):
     r = session.txt2img(**SMALL)
     assert "VAE upcast" not in r.infotexts[0] and not r.warnings
+
+
+def test_nan_in_a_later_batch_keeps_the_finished_batches(session):
+    """NaN in batch 2 of 3 stops the job there, and the images of batch 1 are not lost; the message is a warning."""
+    def poison(state):
+        if state.extra["iteration"] == 1 and state.i == 1:
+            state.x[0, 0, 0, 0] = float("nan")
+
+    with pytest.warns(UserWarning, match=r"at step 3 of 4 .*Kept the 2 image\(s\) of the batches before it"):
+        r = session.txt2img(sampler_name="Euler", hooks=[poison], **{**SMALL, "steps": 4, "batch_size": 2,
+                                                                      "n_iter": 3})
+    assert r.interrupted and len(r.images) == 2 and r.seeds == [r.seeds[0], r.seeds[0] + 1]
+    assert torch.isfinite(r.latents).all()

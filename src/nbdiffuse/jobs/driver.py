@@ -398,14 +398,16 @@ Sample = Callable[[int, list, list], Generator[StepState, None, "tuple[torch.Ten
 Save = Callable[[torch.Tensor, list, list], "tuple[list[Image.Image], list[str], list[Path | None]]"]
 
 
-def run_batches(batches: Sequence[tuple[list, list]], sample: Sample, save: Save,
-                control: JobControl) -> Generator[StepState, None, Batches]:
+def run_batches(batches: Sequence[tuple[list, list]], sample: Sample, save: Save, control: JobControl,
+                notes: list[str]) -> Generator[StepState, None, Batches]:
     """The batch loop of every job: for batch ``n`` with its ``(seeds, subseeds)``, ``sample(n, seeds,
     subseeds)`` (a generator returning ``(latents or None, interrupted)``), then ``save(latents, seeds,
     subseeds)`` (``(images, infotexts, paths)``, shorter than the batch when interrupted while saving).
 
     Stops before a batch when the interrupt flag is set, after one that was interrupted, and when a pass had
-    nothing to decode; clears the skip flag before each batch (Skip ends one batch, not the job).
+    nothing to decode; clears the skip flag before each batch (Skip ends one batch, not the job). When NaN/inf
+    latents stop a batch (:class:`~nbdiffuse.jobs.nancheck.NonFiniteLatents`), the images of the batches before it
+    are kept: the job ends as interrupted with the error's message in ``notes``; with nothing finished it raises.
     """
     out = Batches()
     for n, (seeds, subseeds) in enumerate(batches):
@@ -413,7 +415,14 @@ def run_batches(batches: Sequence[tuple[list, list]], sample: Sample, save: Save
             out.interrupted = True
             break
         control.skip.clear()
-        x, interrupted = yield from sample(n, seeds, subseeds)
+        try:
+            x, interrupted = yield from sample(n, seeds, subseeds)
+        except NonFiniteLatents as e:
+            if not out.images:
+                raise
+            notes.append(f"{e} Kept the {len(out.images)} image(s) of the batches before it.")
+            out.interrupted = True
+            break
         out.interrupted = out.interrupted or interrupted
         if x is None:
             break

@@ -215,6 +215,6 @@ def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, 
             p, bundle, seeds[i], subseeds[i], func, denoising=plan.denoising, encoder=encoder),
             (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings, control)
 
-    done = yield from run_batches(seed_batches(seeds, subseeds, p.batch_size), sample, save, control)
+    done = yield from run_batches(seed_batches(seeds, subseeds, p.batch_size), sample, save, control, notes)
     finish_timings(timings, start, denoiser, bundle.device, notes)
     return done.result(p, timings, notes, (0, *latents.shape[1:]))

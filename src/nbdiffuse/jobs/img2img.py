@@ -246,7 +246,7 @@ def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progres
             encoder=encoder), (styled_prompt, styled_negative), "img2img-images", outputs_dir, notes, timings,
             control)
 
-    done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control)
+    done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control, notes)
     finish_timings(timings, start, denoiser, bundle.device, notes)
     return done.result(p, timings, notes, (0, *shape))
 

@@ -101,7 +101,7 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
             p, bundle, seeds[i], subseeds[i], spec.func, encoder=encoder, denoising=denoising),
             (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings, control)
 
-    done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control)
+    done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control, notes)
     finish_timings(timings, start, denoiser, bundle.device, notes)
     w, h = p.hr_size if p.enable_hr else (p.width, p.height)
     return done.result(p, timings, notes, (0, shape[0], h // factor, w // factor))
