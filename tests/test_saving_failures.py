@@ -67,11 +67,11 @@ def test_ctrl_c_while_decoding_keeps_the_images_already_decoded(session, monkeyp
     real_decode = driver_module.decode
     calls = []
 
-    def decode_then_ctrl_c(bundle, latents, notes):
+    def decode_then_ctrl_c(bundle, latents, notes, **kwargs):
         calls.append(1)
         if len(calls) == 3:  # the first image of the second batch
             raise KeyboardInterrupt
-        return real_decode(bundle, latents, notes)
+        return real_decode(bundle, latents, notes, **kwargs)
 
     monkeypatch.setattr(driver_module, "decode", decode_then_ctrl_c)
     with pytest.warns(UserWarning, match="kept 0 of this batch's 2 images"):

@@ -13,11 +13,13 @@ import torch
 
 from .jobs.driver import Hook, JobControl
 from .jobs.lock import HeldJob, JobLock
+from .jobs.memory_stats import reset_peaks
 from .jobs.params import GenerationParams, with_native_size
 from .jobs.result import Result
 from .jobs.txt2img import txt2img_steps
 from .jobs.upscalers import Upscalers
 from .models.bundle import ModelBundle
+from .models.memory import VAE_TILING, MemoryPlan, Offload, check_memory_mode, offloads, plan_memory
 from .models.precision import Policy, apply_policy, choose_dtypes, loading_dtypes
 from .prompts.conditioning import TextEncoder, TokenCount, count_tokens
 from .sampling.base import StepState
@@ -132,6 +134,13 @@ class Session:
     ``dtype``. ``upcast_attention``: q·k and softmax in float32 (``None``: where the model asks for it, SD2.x-v in
     float16). ``session.precision`` is the policy (:mod:`nbdiffuse.models.precision`); a load says it in
     ``model.info["load_line"]``, and ``repr(session)`` shows it.
+    ``memory``: ``"auto"`` (default), ``"full"``, ``"medvram"`` or ``"lowvram"``, which components stay on the GPU
+    (:mod:`nbdiffuse.models.memory`; no effect on the CPU); ``session.memory = ...`` changes it, and
+    ``session.memory_plan`` says what runs and why (also in ``model.info["load_line"]`` and ``repr(session)``).
+    ``vae_tiling``: ``"auto"`` decodes in tiles only an image whose whole decode would not fit in free memory,
+    ``True`` every image larger than one tile, ``False`` never (A1111's decode, pixel for pixel); a tiled image's
+    infotext says ``VAE tiling: True``. Every Result's ``timings["memory"]`` is A1111's memory line (CUDA) or
+    the process's peak RSS (CPU).
     ``outputs_dir``: where images are saved (A1111 layout); ``None`` disables saving.
     ``hooks``: callables ``hook(state)`` run after every step of every job (a returned tensor replaces the latent).
     """
@@ -140,7 +149,8 @@ class Session:
                  outputs_dir: str | Path | None = "outputs", progress: bool = True,
                  models_dir: str | Path | None = None, *, attention: str = "sdpa",
                  unet_dtype: torch.dtype | None = None, vae_dtype: torch.dtype | None = None,
-                 text_encoder_dtype: torch.dtype | None = None, upcast_attention: bool | None = None):
+                 text_encoder_dtype: torch.dtype | None = None, upcast_attention: bool | None = None,
+                 memory: str = "auto", vae_tiling: bool | str = "auto"):
         self._overrides = dict(dtype=dtype, unet_dtype=unet_dtype, vae_dtype=vae_dtype,
                                text_encoder_dtype=text_encoder_dtype, upcast_attention=upcast_attention)
         self.models_dir = Path(models_dir).expanduser() if models_dir is not None else None
@@ -164,6 +174,10 @@ class Session:
 
         self.attention = check_attention(attention, self.device)  # the attention back-end of every model loaded
         self._compile_options: dict | None = None  # set by compile(): every model loaded is compiled
+        self._offload: Offload | None = None  # medvram/lowvram's hooks on the loaded model
+        self.memory_plan: MemoryPlan
+        self.vae_tiling = vae_tiling
+        self.memory = memory
 
     # models -----------------------------------------------------------------------------------------------
     @property
@@ -182,8 +196,75 @@ class Session:
     def _apply_precision(self, bundle: ModelBundle) -> None:
         """Cast the components as the policy says for this model, and say it in ``info["load_line"]``."""
         policy = self._policy(bundle)
-        apply_policy(bundle, policy, self.device)
+        apply_policy(bundle, policy, self._load_device())  # _apply_memory puts it on the device
         bundle.info["load_line"] = "; ".join(part for part in (bundle.info.get("report"), policy.describe()) if part)
+
+    @property
+    def memory(self) -> str:
+        """The memory mode asked for: ``"auto"``, ``"full"``, ``"medvram"`` or ``"lowvram"``; setting it applies it to
+        the loaded model at once (``session.memory_plan`` says what runs, and why).
+
+        >>> s = Session(device="cpu", outputs_dir=None)
+        >>> s.memory, str(s.memory_plan)
+        ('auto', 'memory: full (auto: cpu: the model is in RAM)')
+        """
+        return self._memory
+
+    @memory.setter
+    def memory(self, mode: str) -> None:
+        check_memory_mode(mode)
+        release = self._lock.acquire("changing the memory mode", job=False)
+        try:
+            self._memory = mode
+            if self.model is not None:
+                self._apply_memory(self.model)
+            else:
+                self.memory_plan = plan_memory(mode, self.device)
+        finally:
+            release()
+        if mode in ("medvram", "lowvram") and self.memory_plan.mode == "full":
+            warnings.warn(f"memory={mode!r}: {self.memory_plan.reason}.", stacklevel=2)
+
+    @property
+    def vae_tiling(self) -> bool | str:
+        """``"auto"``, ``True`` or ``False``: when the VAE decodes in tiles (see the class docstring)."""
+        return self._vae_tiling
+
+    @vae_tiling.setter
+    def vae_tiling(self, setting: bool | str) -> None:
+        if setting not in VAE_TILING:
+            raise ValueError(f"vae_tiling={setting!r}: use 'auto', True or False")
+        self._vae_tiling = setting
+        if self.model is not None:
+            self.model.vae_tiling = setting
+
+    def _load_device(self) -> torch.device:
+        """Where a model's weights go when it loads: the device, or the CPU when the memory mode may keep them there
+        (loading to the GPU first would need the whole model to fit, the very thing medvram/lowvram avoid)."""
+        if self._memory != "full" and offloads(self.device):
+            return torch.device("cpu")
+        return self.device
+
+    def _apply_memory(self, bundle: ModelBundle) -> None:
+        """Put the model where the memory plan says: every component on the device, or medvram/lowvram's offload
+        hooks (accelerate's CpuOffload, :class:`~nbdiffuse.models.memory.Offload`); say it in the load line."""
+        if self._offload is not None:
+            self._offload.remove()
+            self._offload = None
+        plan = self.memory_plan = plan_memory(self._memory, self.device, bundle)
+        if plan.mode == "full":
+            bundle.execution_device = None
+            for module in (bundle.unet, bundle.vae, *bundle.text_encoders):
+                module.to(self.device)
+        else:
+            self._offload = Offload(bundle, plan.mode, self.device)
+            bundle.execution_device = self.device
+        bundle.vae_tiling = self._vae_tiling
+        line, old = bundle.info.get("load_line") or "", bundle.info.get("memory")
+        if old and line.endswith(old):
+            line = line[:-len(old)].rstrip("; ")
+        bundle.info["memory"] = str(plan)
+        bundle.info["load_line"] = "; ".join(part for part in (line, str(plan)) if part)
 
     @property
     def folders(self):
@@ -244,7 +325,7 @@ class Session:
             except ImportError as e:
                 raise ModelLoadError("toy", f"the embedded toy model is not available in this install ({e})") from e
             try:
-                bundle = load_toy(device=self.device, dtype=load_as)
+                bundle = load_toy(device=self._load_device(), dtype=load_as)
             except (OSError, ValueError) as e:
                 raise ModelLoadError("toy", str(e)) from e
         else:
@@ -253,7 +334,7 @@ class Session:
                 from .models.loading import load_diffusers_folder
 
                 try:
-                    bundle = load_diffusers_folder(path, device=self.device, dtype=load_as)
+                    bundle = load_diffusers_folder(path, device=self._load_device(), dtype=load_as)
                 except ModelLoadError:
                     raise
                 except (OSError, ValueError) as e:
@@ -264,11 +345,12 @@ class Session:
                 plan = inspect_checkpoint(path)  # raises ModelLoadError; the current model is untouched
                 if self.device.type != "cpu":
                     self.unload()
-                bundle = load_checkpoint(path, device=self.device, dtype=load_as, hash=hash, plan=plan)
+                bundle = load_checkpoint(path, device=self._load_device(), dtype=load_as, hash=hash, plan=plan)
         self._apply_precision(bundle)
         self._apply_speed(bundle)
         self.unload()
         self.model = bundle
+        self._apply_memory(bundle)
         self.encoder = TextEncoder(bundle, embeddings=self._embeddings_for(bundle))
         return bundle
 
@@ -296,6 +378,7 @@ class Session:
                 bundle.info["vae"] = "checkpoint"
                 self._original_vae = None
                 self._apply_precision(bundle)
+                self._apply_memory(bundle)
             return bundle
         vae_hash = None
         if not isinstance(vae, torch.nn.Module):
@@ -306,6 +389,7 @@ class Session:
             vae_hash = model_hash(path)
         old = swap_vae(bundle, vae, dtype=next(vae.parameters()).dtype)
         self._apply_precision(bundle)
+        self._apply_memory(bundle)  # the new VAE gets the mode's hook
         bundle.info["vae_hash"] = vae_hash
         if self._original_vae is None:
             self._original_vae = old
@@ -314,6 +398,9 @@ class Session:
     @_exclusive("unloading the model")
     def unload(self) -> None:
         """Free the current model (and the upscaler model hires fix loaded)."""
+        if self._offload is not None:
+            self._offload.remove()  # its hooks refer to the model's modules
+            self._offload = None
         self.model = None
         self.encoder = None
         self._original_vae = None
@@ -435,6 +522,7 @@ class Session:
         self._control.interrupt.clear()
         self._control.skip.clear()
         self.encoder.clear_used_embeddings()
+        reset_peaks(bundle.device)  # the Result's memory line counts this job's peaks
         return bundle, dict(hooks=[*self.hooks, *(hooks or [])], control=self._control,
                             outputs_dir=self.outputs_dir, styles=self.styles)
 
@@ -798,4 +886,4 @@ class Session:
     def __repr__(self) -> str:
         model = self.model.name if self.model is not None else "no model"
         speed = f"attention={self.attention}" + (", compiled" if self._compile_options is not None else "")
-        return f"Session({model}, {self.device}, {self.precision.short()}, {speed})"
+        return f"Session({model}, {self.device}, {self.precision.short()}, memory={self.memory_plan.mode}, {speed})"

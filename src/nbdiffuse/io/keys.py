@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ETA_DDIM", "EXPECTED", "INFOTEXT_FIELDS", "KEY_OF", "SPECIAL_KEYS"]
+__all__ = ["ETA_DDIM", "EXPECTED", "INFOTEXT_FIELDS", "KEY_OF", "SPECIAL_KEYS", "VAE_TILING_KEY"]
 
 
 def _bool(v: Any) -> bool:
@@ -111,6 +111,10 @@ SPECIAL_KEYS: dict[str, str] = {
     "sampler_name": "Sampler", "scheduler": "Schedule type", "hr_sampler_name": "Hires sampler",
     "hr_scheduler": "Hires schedule type", "randn_source": "RNG",
 }
+#: Written (``VAE tiling: True``) when an image was VAE-decoded in tiles: how the pixels were made, not a job field
+#: (tiling is the session's ``vae_tiling`` setting, see :func:`nbdiffuse.models.memory.wants_vae_tiling`), so reading
+#: it back sets nothing. A1111 never tiles.
+VAE_TILING_KEY = "VAE tiling"
 #: Written (``VAE upcast: float32``) on an image whose VAE decode gave NaN/inf and was redone in that dtype
 #: (:func:`nbdiffuse.models.vae.decode`): how the pixels were made, not a job field, so reading it sets nothing.
 VAE_UPCAST_KEY = "VAE upcast"

@@ -28,8 +28,9 @@ from PIL import Image
 
 from .._notes import note_once
 from ..io.infotext import format as format_infotext
-from ..io.keys import VAE_UPCAST_KEY
+from ..io.keys import VAE_TILING_KEY, VAE_UPCAST_KEY
 from ..io.outputs import save_image
+from ..models.memory import wants_vae_tiling
 from ..models.vae import UPCAST_INFO, decode
 from ..prompts.conditioning import TextEncoder
 from ..prompts.parser import extract_extra_networks
@@ -40,6 +41,7 @@ from ..sampling.guidance import CFGDenoiser
 from ..sampling.noise import GPU_EMULATED_NOTE, BrownianNoise, ImageNoise, gpu_is_emulated
 from ..sampling.registry import SAMPLERS
 from .guards import JobInterrupted, interruptible
+from .memory_stats import memory_line, memory_numbers
 from .nancheck import FiniteWatch, NonFiniteLatents, all_finite, unet_failure
 from .params import GenerationParams
 from .result import Result
@@ -344,12 +346,13 @@ def decode_and_save(bundle, x: torch.Tensor, seeds: Sequence[int], fields_for: C
     try:
         for i in range(len(x)):
             t = time.perf_counter()
-            image = decode(bundle, x[i:i + 1], notes)[0]
+            tiled = wants_vae_tiling(bundle.vae, x[i:i + 1].shape, getattr(bundle, "vae_tiling", "auto"))
+            image = decode(bundle, x[i:i + 1], notes, tiled=tiled)[0]
             timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t
             fields = fields_for(i)
             if image.info.get(UPCAST_INFO):  # this image was decoded again: say in which dtype
                 fields = {**fields, VAE_UPCAST_KEY: image.info[UPCAST_INFO]}
-            text = format_infotext(*prompts, fields)
+            text = format_infotext(*prompts, {**fields, VAE_TILING_KEY: True} if tiled else fields)
             images.append(image)
             texts.append(text)
             paths.append(None)
@@ -440,20 +443,14 @@ def run_batches(batches: Sequence[tuple[list, list]], sample: Sample, save: Save
     return out
 
 
-def memory_line(device: torch.device) -> str | None:
-    if device.type != "cuda":
-        return None
-    free, total = torch.cuda.mem_get_info(device)
-    return (f"A: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GB, "
-            f"R: {torch.cuda.max_memory_reserved(device) / 2**30:.2f} GB, "
-            f"Sys: {(total - free) / 2**30:.1f}/{total / 2**30:.4g} GB ({(total - free) / total * 100:.1f}%)")
-
-
 def finish_timings(timings: dict, start: float, denoiser: Denoiser, device: torch.device, notes: list[str]) -> None:
-    """Total time, model calls and (on CUDA) A1111's memory line; the job's notes become warnings."""
+    """Total time, model calls, the memory numbers (``memory_bytes``) and line (``memory``: A1111's on CUDA, the
+    process's peak RSS on the CPU; :mod:`~nbdiffuse.jobs.memory_stats`); the job's notes become warnings."""
     timings["total_s"] = time.perf_counter() - start
     timings["model_calls"] = denoiser.calls
-    if memory_line(device):
-        timings["memory"] = memory_line(device)
+    timings["memory_bytes"] = memory_numbers(device)
+    line = memory_line(timings["memory_bytes"])
+    if line:
+        timings["memory"] = line
     for note in notes:
         warnings.warn(note, stacklevel=4)

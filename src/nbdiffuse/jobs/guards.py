@@ -11,10 +11,11 @@ before every transformer and resnet block of the UNet, so an interrupt lands wit
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
+
+from ..models.memory import free_memory as available_memory  # a name tests patch
 
 # Sustained attention throughput assumed when judging whether one attention call could ever finish; generous
 # for each kind of device, so that only sizes nobody can wait for are refused.
@@ -32,24 +33,6 @@ def first_attention_level(unet) -> int:
         if "Attn" in kind:
             return k
     return len(unet.config.down_block_types)
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes the job may still allocate on ``device`` (None when unknown)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def job_cost(unet, width: int, height: int, factor: int = 8) -> tuple[int, int, float]:
@@ -76,7 +59,7 @@ def check_size(bundle, width: int, height: int, rows: int = 2, what: str = "size
     """
     unet = bundle.unet
     tokens, activations, flops = job_cost(unet, width, height, bundle.vae_scale_factor)
-    device = unet.device
+    device = bundle.device  # where the UNet runs (under medvram its weights wait on the CPU)
     seconds = flops * rows / _FLOPS.get(device.type, _FLOPS["cpu"])
     if seconds > MAX_ATTENTION_SECONDS:
         raise ValueError(

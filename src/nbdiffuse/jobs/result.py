@@ -61,7 +61,8 @@ class Result:
 
     @property
     def info(self) -> str:
-        """A1111's "Time taken" line (plus the CUDA memory line when it ran on a GPU)."""
+        """A1111's "Time taken" line and the memory line under it (A1111's ``A:/R:/Sys:`` on CUDA, the process's
+        peak RSS on the CPU: :mod:`nbdiffuse.jobs.memory_stats`)."""
         line = f"Time taken: {self.timings.get('total_s', 0.0):.1f} sec."
         if "memory" in self.timings:
             line += f"\n{self.timings['memory']}"

@@ -33,6 +33,10 @@ class ModelBundle:
     hash: str | None = None  # A1111 "Model hash": first 10 hex of the file's sha256
     info: dict = field(default_factory=dict)  # what the loader found and how long each stage took
     applied_loras: list = field(default_factory=list)  # LoRAs merged into the weights right now (during a job)
+    # Where the model runs when its weights wait elsewhere (medvram/lowvram keep them on the CPU between uses):
+    # set by the Session's memory mode; None: where the UNet's weights are.
+    execution_device: torch.device | None = None
+    vae_tiling: bool | str = "auto"  # see nbdiffuse.models.memory.wants_vae_tiling; the Session's setting
 
     @property
     def sigmas(self) -> torch.Tensor:
@@ -64,6 +68,9 @@ class ModelBundle:
 
     @property
     def device(self) -> torch.device:
+        """Where the model runs (inputs go there): the execution device under medvram/lowvram, else the UNet's."""
+        if self.execution_device is not None:
+            return self.execution_device
         return next(self.unet.parameters()).device
 
     @property

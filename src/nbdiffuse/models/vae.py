@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from .._notes import note_once
+from .memory import vae_tiling
 from .precision import dtype_name, vae_fallbacks
 
 #: ``image.info`` key :func:`decode` sets on an image it had to decode again: the dtype that gave finite pixels.
@@ -25,18 +26,22 @@ def vae_scaling(vae, default_scale: float = 0.18215) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def decode(bundle, latents: torch.Tensor, warnings_out: list[str]) -> list[Image.Image]:
+def decode(bundle, latents: torch.Tensor, warnings_out: list[str], *, tiled: bool = False) -> list[Image.Image]:
     """VAE-decode latents to PIL images; a NaN decode in half precision is redone in float32 (and kept so).
 
     One image at a time, as A1111 does (``decode_latent_batch``): a batched convolution rounds differently from a
     single one, and image i of a batch must equal, pixel for pixel, the image made alone from its infotext.
+    ``tiled``: decode in diffusers' overlapping tiles (:func:`~nbdiffuse.models.memory.wants_vae_tiling` decides).
     """
     vae = bundle.vae
     scale, shift = vae_scaling(vae)
 
     def run() -> torch.Tensor:
-        z = (latents / scale + shift).to(device=vae.device, dtype=vae.dtype)
-        return torch.cat([vae.decode(z[i:i + 1], return_dict=False)[0].float() for i in range(len(z))])
+        # bundle.device, not vae.device: under medvram the VAE waits on the CPU, and the offload hook moves the
+        # VAE, not decode()'s arguments, to the device
+        z = (latents / scale + shift).to(device=bundle.device, dtype=vae.dtype)
+        with vae_tiling(vae, tiled):
+            return torch.cat([vae.decode(z[i:i + 1], return_dict=False)[0].float() for i in range(len(z))])
 
     # Every pixel is checked (A1111 looks at one element). A failed decode is redone for these latents only, in
     # bfloat16 (float32's range) where the device has it, else float32; the VAE keeps its dtype for the next image.
@@ -95,6 +100,6 @@ def encode(bundle, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor
     vae = bundle.vae
     scale, shift = vae_scaling(vae)
     pixels = images if isinstance(images, torch.Tensor) else images_to_tensor(images)
-    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    pixels = pixels.to(device=bundle.device, dtype=vae.dtype)  # bundle.device: see decode
     mean = torch.cat([vae.encode(pixels[i:i + 1], return_dict=False)[0].mean for i in range(len(pixels))])
     return ((mean.float() - shift) * scale).to(bundle.device)

@@ -367,7 +367,9 @@ class Panel:
         self.result = result
         self.gallery.add(result)
         key = "stopped" if result.interrupted else "done"
-        self.w.status.value = html.escape(self.t[key].format(n=len(result.images), info=result.info))
+        # result.info's lines (time taken, memory) on lines of their own
+        text = self.t[key].format(n=len(result.images), info=result.info)
+        self.w.status.value = "<br/>".join(html.escape(line) for line in text.split("\n"))
         for warning in result.warnings:
             self.w.status.value += f"<br/>&#9888; {html.escape(warning)}"
 
