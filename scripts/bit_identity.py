@@ -27,7 +27,13 @@ from nbdiffuse.ui import Panel  # noqa: E402
 torch.set_num_threads(1)
 
 out = {}
-def h(result):
+def h(result, *args, **kwargs):
+    """The hash of a Result (or of ``result(*args, **kwargs)``'s), or the error that job stopped with."""
+    if callable(result):
+        try:
+            result = result(*args, **kwargs)
+        except RuntimeError as e:  # since issue 17 a job stops on NaN/inf latents instead of a black image
+            return f"{type(e).__name__}: {str(e)[:60]}"
     d = hashlib.sha256()
     for im in result.images:
         d.update(np.asarray(im).tobytes())
@@ -57,26 +63,23 @@ B = dict(prompt="a red [circle:square:0.5] (big:1.2)", negative_prompt="blurry",
 for name in ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
              "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++",
              "PLMS", "UniPC", "LCM"]:
-    out[f"t2i {name}"] = h(s.txt2img(sampler_name=name, steps=5, batch_size=2, **B))
+    out[f"t2i {name}"] = h(s.txt2img, sampler_name=name, steps=5, batch_size=2, **B)
 for sch in ["Karras", "Exponential", "SGM Uniform", "Align Your Steps", "Beta"]:
-    out[f"t2i Euler {sch}"] = h(s.txt2img(sampler_name="Euler", scheduler=sch, steps=6, **B))
-out["t2i subseed"] = h(s.txt2img(sampler_name="Euler a", steps=4, subseed=3, subseed_strength=0.3, n_iter=2, **B))
-out["t2i AND"] = h(s.txt2img(**{**B, "prompt": "a red circle AND a blue square:0.7"}, steps=4))
-out["t2i lora"] = h(s.txt2img(**{**B, "prompt": "a red circle <lora:detail:0.8> shinystyle"}, steps=3))
-try:  # the tiny model's penultimate layer with this emphasis is inf: since issue 17 the job stops and says so
-    out["t2i clip_skip"] = h(s.txt2img(clip_skip=2, steps=3, **B))
-except RuntimeError as e:
-    out["t2i clip_skip"] = f"{type(e).__name__}: {str(e)[:60]}"
+    out[f"t2i Euler {sch}"] = h(s.txt2img, sampler_name="Euler", scheduler=sch, steps=6, **B)
+out["t2i subseed"] = h(s.txt2img, sampler_name="Euler a", steps=4, subseed=3, subseed_strength=0.3, n_iter=2, **B)
+out["t2i AND"] = h(s.txt2img, **{**B, "prompt": "a red circle AND a blue square:0.7"}, steps=4)
+out["t2i lora"] = h(s.txt2img, **{**B, "prompt": "a red circle <lora:detail:0.8> shinystyle"}, steps=3)
+out["t2i clip_skip"] = h(s.txt2img, clip_skip=2, steps=3, **B)
 hr = s.txt2img(enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, steps=4, **B)
 out["hires latent"] = h(hr)
 for up in ["Latent (nearest-exact)", "Lanczos", "None"]:
-    out[f"hires {up}"] = h(s.txt2img(enable_hr=True, hr_scale=1.5, hr_upscaler=up, steps=3, hr_second_pass_steps=2,
-                                     hr_sampler_name="DPM++ 2M", hr_prompt="a blue circle", **B))
-out["hires_fix later"] = h(s.hires_fix(s.txt2img(steps=3, **B), denoising_strength=0.5))
+    out[f"hires {up}"] = h(s.txt2img, enable_hr=True, hr_scale=1.5, hr_upscaler=up, steps=3, hr_second_pass_steps=2,
+                                     hr_sampler_name="DPM++ 2M", hr_prompt="a blue circle", **B)
+out["hires_fix later"] = h(s.hires_fix, s.txt2img(steps=3, **B), denoising_strength=0.5)
 base = s.txt2img(steps=3, **B)
 for name in ["Euler a", "DPM++ 2M", "DDIM", "UniPC", "DPM++ SDE"]:
-    out[f"i2i {name}"] = h(s.img2img(init_images=base.images, sampler_name=name, steps=6, denoising_strength=0.55, **B))
-out["loopback"] = h(s.loopback(init_images=base.images, loops=2, steps=4, denoising_strength=0.5, **B))
+    out[f"i2i {name}"] = h(s.img2img, init_images=base.images, sampler_name=name, steps=6, denoising_strength=0.55, **B)
+out["loopback"] = h(s.loopback, init_images=base.images, loops=2, steps=4, denoising_strength=0.5, **B)
 grid = s.xyz(x=("Sampler", "Euler a, DPM++ 2M"), y=("CFG Scale", "3, 7"), show=False, steps=3, **B)
 out["xyz grid"] = hashlib.sha256(np.asarray(grid.grid).tobytes()).hexdigest()[:16]
 out["xyz info"] = grid.infotext
@@ -84,8 +87,8 @@ steps = list(s.steps(sampler_name="Euler a", steps=4, **B))
 out["steprun"] = hashlib.sha256(b"".join(st.x.numpy().tobytes() for st in steps)).hexdigest()[:16]
 for mk, label in [(tiny_sd2, "sd2"), (tiny_sdxl, "sdxl")]:
     s.load(mk())
-    out[f"{label} t2i"] = h(s.txt2img(sampler_name="DPM++ 2M", steps=4, **B))
-    out[f"{label} hires"] = h(s.txt2img(sampler_name="Euler", steps=3, enable_hr=True, hr_upscaler="Latent", **B))
+    out[f"{label} t2i"] = h(s.txt2img, sampler_name="DPM++ 2M", steps=4, **B)
+    out[f"{label} hires"] = h(s.txt2img, sampler_name="Euler", steps=3, enable_hr=True, hr_upscaler="Latent", **B)
 # panel generate
 s.load(tiny_sd1())
 p = Panel(s, lang="en")
@@ -98,8 +101,8 @@ p.close()
 out["panel"] = h(r)
 # toy
 s.load("toy")
-out["toy"] = h(s.txt2img(prompt="a red circle on a blue background", steps=8, seed=3))
-out["toy hires"] = h(s.txt2img(prompt="a red circle on a blue background", steps=6, seed=3, enable_hr=True,
-                               hr_upscaler="Latent", denoising_strength=0.6))
+out["toy"] = h(s.txt2img, prompt="a red circle on a blue background", steps=8, seed=3)
+out["toy hires"] = h(s.txt2img, prompt="a red circle on a blue background", steps=6, seed=3, enable_hr=True,
+                               hr_upscaler="Latent", denoising_strength=0.6)
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(out, indent=1))
