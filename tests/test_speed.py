@@ -108,3 +108,16 @@ def test_compile_without_a_cpp_compiler_says_so(session, monkeypatch):
     with pytest.raises(RuntimeError, match="needs a C.. compiler on the CPU.*apt-get install g\\+\\+"):
         session.compile()
     assert not C.is_compiled(session.model.unet)
+
+
+def test_a_vae_loaded_later_gets_the_sessions_attention(session):
+    from nbdiffuse.models import tiny_sd1
+
+    session.set_attention("plain")
+    try:
+        session.load_vae(tiny_sd1(seed=5).vae)  # another VAE module, made with diffusers' default processors
+        assert _processors(session.model.vae) == {"AttnProcessor"}
+        session.load_vae(None)  # the checkpoint's own again
+        assert _processors(session.model.vae) == {"AttnProcessor"}
+    finally:
+        session.set_attention("sdpa")

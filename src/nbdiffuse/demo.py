@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     session = nbdiffuse.Session(outputs_dir=args.outputs, progress=False)
     session.load("toy")
-    print(f"{session}  ({session.model.info['report']})")
+    print(f"{session}  ({session.model.info['load_line']})")
     last = None
     # No PLMS: on the toy model at CFG 7 it needs ~50 steps (as in A1111; see toy/MODEL_CARD.md).
     for sampler in ("DPM++ 2M", "Euler a", "DPM++ 2M SDE", "DDIM", "UniPC"):

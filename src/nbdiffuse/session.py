@@ -369,6 +369,7 @@ class Session:
     def load_vae(self, vae: str | Path | torch.nn.Module | None) -> ModelBundle:
         """Use another VAE with the current model: a VAE file (LDM or diffusers layout), a name in the VAE
         folder of ``models_dir``, an ``AutoencoderKL``, or ``None`` for the checkpoint's own VAE again."""
+        from .models.attention import set_attention
         from .models.checkpoint import load_vae, swap_vae
 
         bundle = self._require_model()
@@ -379,6 +380,7 @@ class Session:
                 self._original_vae = None
                 self._apply_precision(bundle)
                 self._apply_memory(bundle)
+                set_attention(bundle, self.attention, self.device)
             return bundle
         vae_hash = None
         if not isinstance(vae, torch.nn.Module):
@@ -390,6 +392,7 @@ class Session:
         old = swap_vae(bundle, vae, dtype=next(vae.parameters()).dtype)
         self._apply_precision(bundle)
         self._apply_memory(bundle)  # the new VAE gets the mode's hook
+        set_attention(bundle, self.attention, self.device)  # and the session's attention back-end
         bundle.info["vae_hash"] = vae_hash
         if self._original_vae is None:
             self._original_vae = old

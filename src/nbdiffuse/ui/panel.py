@@ -481,8 +481,8 @@ class Panel:
                 return
             self._follow_native_size(before)
             line = self.t["loaded"].format(name=name, seconds=time.perf_counter() - start)
-            if bundle.info.get("report"):  # the loader's A1111-style timing line (read, build, apply, hash)
-                line += " " + bundle.info["report"]
+            if bundle.info.get("load_line"):  # timings (read, build, apply, hash), precision, attention, memory
+                line += " " + bundle.info["load_line"]
             self.w.model_status.value = html.escape(line)
             self._update_tokens()
 
