@@ -322,11 +322,11 @@ def test_report_and_info(files):
     b = load_checkpoint(path)
     assert b.hash == b.info["hash"] and len(b.hash) == 10 and len(b.info["legacy_hash"]) == 8
     t = b.info["timings"]
-    assert {"read", "build", "apply", "hash", "total"} <= set(t)
+    assert {"import", "read", "build", "apply", "hash", "total"} <= set(t)
     import re
 
-    assert re.fullmatch(r"Weights loaded in \d+\.\ds \(read: \d+\.\ds, build: \d+\.\ds, apply: \d+\.\ds, "
-                        r"hash: \d+\.\ds\)", b.info["report"])
+    assert re.fullmatch(r"Weights loaded in \d+\.\ds \(import: \d+\.\ds, read: \d+\.\ds, build: \d+\.\ds, "
+                        r"apply: \d+\.\ds, hash: \d+\.\ds\)", b.info["report"])
     assert b.info["arch"] == "sdxl" and b.info["dtype"] == "float32" and b.info["format"] == "safetensors"
 
 

@@ -96,3 +96,36 @@ def test_load_checkpoint_hash_false_skips_hashing(tmp_path, monkeypatch):
         m.setattr(hashing, "_sha256_file", lambda path, offset=0, length=None: (
             boom() if offset == 0 and length is None else hashlib.sha256(b"").hexdigest()))
         assert load_checkpoint(p).hash == b.hash
+
+
+def test_session_load_hashes_in_the_background(tmp_path, monkeypatch):
+    """A cold cache: load returns before the hash is done; the job's infotext waits for it and has it right;
+    the next load takes it from the cache (no thread); hash=False still hashes nothing."""
+    import threading
+
+    from nbdiffuse import Session
+    from nbdiffuse.models.save import save_checkpoint
+    from nbdiffuse.testing import tiny_sd1
+
+    p = save_checkpoint(tiny_sd1(), tmp_path / "m.safetensors")
+    want = hashlib.sha256(p.read_bytes()).hexdigest()
+    real, release, calls = hashing._sha256_file, threading.Event(), []
+
+    def slow(path, offset=0, length=None):
+        if offset == 0 and length is None:  # the full hash: held until the test lets it go
+            calls.append(path)
+            assert release.wait(30)
+        return real(path, offset, length)
+
+    monkeypatch.setattr(hashing, "_sha256_file", slow)
+    s = Session(device="cpu", outputs_dir=None, progress=False)
+    model = s.load(p)
+    assert calls and not model.__dict__["_pending_sha256"].done()  # returned while hashing
+    assert "hash: in the background" in model.info["report"]
+    threading.Timer(0.2, release.set).start()
+    result = s.txt2img(prompt="a cat", steps=1, width=64, height=64, seed=1)
+    assert f"Model hash: {want[:10]}" in result.infotexts[0]
+    assert model.hash == want[:10] and model.info["sha256"] == want
+    calls.clear()
+    assert s.load(p).hash == want[:10] and not calls  # cached: no thread, no wait
+    assert s.load(p, hash=False).hash is None and not calls

@@ -30,7 +30,7 @@ class ModelBundle:
     alphas_cumprod: torch.Tensor
     name: str = "model"
     path: str | None = None
-    hash: str | None = None  # A1111 "Model hash": first 10 hex of the file's sha256
+    hash: str | None = None  # A1111 "Model hash": first 10 hex of the file's sha256 (see _hash below)
     info: dict = field(default_factory=dict)  # what the loader found and how long each stage took
     applied_loras: list = field(default_factory=list)  # LoRAs merged into the weights right now (during a job)
     # Where the model runs when its weights wait elsewhere (medvram/lowvram keep them on the CPU between uses):
@@ -88,6 +88,37 @@ class ModelBundle:
             if kwargs:
                 module.to(**kwargs)
         return self
+
+
+def _get_hash(bundle: ModelBundle) -> str | None:
+    pending = bundle.__dict__.get("_pending_sha256")
+    if pending is not None:  # a first-time hash still running: wait for it (only an early infotext does)
+        try:
+            full = pending.result()
+        except Exception as e:  # noqa: BLE001 - a file that vanished mid-hash leaves the infotext without a hash
+            bundle.info["hash_error"] = f"{type(e).__name__}: {e}"
+        else:
+            bundle.__dict__["_hash"] = full[:10]
+            bundle.info.update(hash=full[:10], sha256=full)
+        bundle.__dict__["_pending_sha256"] = None
+    return bundle.__dict__.get("_hash")
+
+
+def _set_hash(bundle: ModelBundle, value: str | None) -> None:
+    bundle.__dict__["_pending_sha256"] = None
+    bundle.__dict__["_hash"] = value
+
+
+def set_pending_hash(bundle: ModelBundle, future) -> None:
+    """Fill ``bundle.hash`` (and ``info["hash"]``, ``info["sha256"]``) from ``future``, a
+    ``concurrent.futures.Future`` of the file's full sha256 being computed in the background; reading
+    ``bundle.hash`` before it is done waits for it."""
+    bundle.__dict__["_pending_sha256"] = future
+
+
+# ``hash`` is a dataclass field (``ModelBundle(..., hash=...)``) read through a property, so that a hash still
+# being computed is waited for by whoever reads it first (a job's infotext), and by nobody before.
+ModelBundle.hash = property(_get_hash, _set_hash)
 
 
 def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012,

@@ -84,10 +84,26 @@ class CheckpointPlan:
         return _build(self, device=device, dtype=dtype)
 
 
+def _no_init_weights(cls):
+    """The library's own "skip the weight initialisers" context for ``cls`` (diffusers' or transformers')."""
+    if isinstance(cls, type) and cls.__module__.startswith("transformers."):
+        try:
+            from transformers.initialization import no_init_weights  # transformers >= 5
+        except ImportError:
+            from transformers.modeling_utils import no_init_weights
+        return no_init_weights()
+    from diffusers.models.modeling_utils import no_init_weights
+
+    return no_init_weights()
+
+
 def _meta_module(component: _Component):
+    # Parameters on meta (accelerate), and no initialisers run on them: every weight comes from the file, and
+    # the initialisers alone took half the build time. A bare torch.device("meta") would also put buffers made
+    # with torch.arange (CLIP's position_ids) on meta, with no value in the file to restore them.
     from accelerate import init_empty_weights
 
-    with init_empty_weights():
+    with init_empty_weights(), _no_init_weights(component.cls):
         if isinstance(component.config, dict):
             return component.cls(**component.config)
         return component.cls(component.config)
@@ -197,8 +213,12 @@ def inspect_checkpoint(path, *, sd: StateDict | None = None) -> CheckpointPlan:
     """
     t0 = time.perf_counter()
     sd = sd or read_state_dict(path)
+    t_read = time.perf_counter() - t0
+    t = time.perf_counter()
+    import_model_classes()
+    timings = {"import": time.perf_counter() - t, "read": t_read}
     try:
-        return _inspect(sd, t0)
+        return _inspect(sd, timings)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - anything odd in a file is one clear error, not a traceback
@@ -206,10 +226,19 @@ def inspect_checkpoint(path, *, sd: StateDict | None = None) -> CheckpointPlan:
             from e
 
 
-def _inspect(sd: StateDict, t0: float) -> CheckpointPlan:
+def import_model_classes() -> None:
+    """Import the diffusers/transformers classes a checkpoint is built from (the load's ``import`` stage: several
+    seconds the first time in a process, since diffusers imports torch._dynamo and transformers' model stack
+    with them)."""
+    import accelerate  # noqa: F401
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection  # noqa: F401
+
+
+def _inspect(sd: StateDict, timings: dict) -> CheckpointPlan:
     from diffusers import UNet2DConditionModel
 
-    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
     family = detect_family(sd)
     hints = metadata_hints(sd.metadata)
     t = sd.tensors
@@ -280,7 +309,7 @@ def _inspect(sd: StateDict, t0: float) -> CheckpointPlan:
             "text_encoders": [c.info for c in tes], "ignored_tensors": len(ignored),
             "ignored_examples": ignored[:5], "metadata_config": bool(hints)}
     plan = CheckpointPlan(sd, arch, [unet, vae, *tes], kinds, hints, info,
-                          {"read": t_read, "build": time.perf_counter() - t0 - t_read})
+                          {**timings, "build": time.perf_counter() - t0})
     return plan
 
 
@@ -353,20 +382,24 @@ def _set_upcast(unet, value: bool) -> None:
     unet.register_to_config(upcast_attention=value)
 
 
-def _report(timings: dict) -> str:
-    stages = ", ".join(f"{k}: {timings.get(k, 0.0):.1f}s" for k in ("read", "build", "apply", "hash"))
-    return f"Weights loaded in {timings['total']:.1f}s ({stages})"
+def _report(timings: dict, hash_pending: bool = False) -> str:
+    stages = [f"{k}: {timings.get(k, 0.0):.1f}s" for k in ("import", "read", "build", "apply", "hash")]
+    if hash_pending:
+        stages[-1] = "hash: in the background"
+    return f"Weights loaded in {timings['total']:.1f}s ({', '.join(stages)})"
 
 
-def load_checkpoint(path, *, device="cpu", dtype: torch.dtype = torch.float32, hash: bool = True,
+def load_checkpoint(path, *, device="cpu", dtype: torch.dtype = torch.float32, hash: bool | str = True,
                     plan: CheckpointPlan | None = None) -> ModelBundle:
     """Load an A1111/ComfyUI single-file checkpoint as a :class:`ModelBundle` (see the module docs).
 
     ``hash``: compute A1111's ``Model hash`` (cached by path + size + mtime, see :mod:`.hashing`) and the legacy
-    hash; ``False`` skips both (``bundle.hash`` is then ``None``). ``bundle.info`` holds what was found (``arch``,
-    ``variant``, ``prediction_type`` and its ``prediction_source``, ``file_dtypes``, ``dtype``, ``hash``...),
-    ``info["timings"]`` seconds per stage (``read``, ``plan``, ``build``, ``apply``, ``hash``, ``total``) and
-    ``info["report"]`` A1111's one-line summary, e.g. ``Weights loaded in 2.1s (read: 0.3s, build: 0.1s, ...)``.
+    hash; ``False`` skips both (``bundle.hash`` is then ``None``); ``"background"`` takes a cached hash at once and
+    computes a first-time one in a background thread (reading ``bundle.hash`` waits for it; a job's infotext reads
+    it when the job ends). ``bundle.info`` holds what was found (``arch``, ``variant``, ``prediction_type`` and its
+    ``prediction_source``, ``file_dtypes``, ``dtype``, ``hash``...), ``info["timings"]`` seconds per stage
+    (``import`` of the model classes, ``read``, ``build``, ``apply``, ``hash``, ``total``) and ``info["report"]``
+    A1111's one-line summary, e.g. ``Weights loaded in 2.1s (import: 0.0s, read: 0.3s, build: 0.1s, ...)``.
     Raises :class:`ModelLoadError` for any problem with the file. ``plan``: the result of
     :func:`inspect_checkpoint` for ``path`` when the caller validated it already.
 
@@ -378,19 +411,26 @@ def load_checkpoint(path, *, device="cpu", dtype: torch.dtype = torch.float32, h
     if plan is None:
         plan = inspect_checkpoint(path)
     else:
-        t0 -= plan.timings.get("read", 0.0) + plan.timings.get("build", 0.0)
+        t0 -= sum(plan.timings.get(k, 0.0) for k in ("import", "read", "build"))
     bundle = plan.build(device=device, dtype=dtype)
     timings = bundle.info["timings"]
+    pending = False
     if hash:
-        from nbdiffuse.models.hashing import legacy_hash, sha256
+        from nbdiffuse.models.bundle import set_pending_hash
+        from nbdiffuse.models.hashing import cached_sha256, legacy_hash, sha256, sha256_in_background
 
         t = time.perf_counter()
-        full = sha256(plan.sd.path)
-        bundle.hash = full[:10]
-        bundle.info.update(hash=full[:10], sha256=full, legacy_hash=legacy_hash(plan.sd.path))
+        bundle.info["legacy_hash"] = legacy_hash(plan.sd.path)  # 64 KiB
+        full = cached_sha256(plan.sd.path) if hash == "background" else sha256(plan.sd.path)
+        if full is None:
+            set_pending_hash(bundle, sha256_in_background(plan.sd.path))
+            pending = True
+        else:
+            bundle.hash = full[:10]
+            bundle.info.update(hash=full[:10], sha256=full)
         timings["hash"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    bundle.info["report"] = _report(timings)
+    bundle.info["report"] = _report(timings, pending)
     return bundle
 
 

@@ -18,10 +18,12 @@ import json
 import os
 import struct
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 CHUNK = 16 * 1024 * 1024  # 16 MiB reads: sha256 runs at ~1 GB/s; syscall overhead is negligible at this size
 _LOCK = threading.Lock()
+_BACKGROUND = threading.Lock()  # background hashes run one at a time
 
 
 def cache_dir() -> Path:
@@ -83,16 +85,23 @@ def _safetensors_data_offset(path: Path) -> int:
     return 8 + n
 
 
-def _cached(kind: str, path, compute) -> str:
-    p = Path(path).expanduser().resolve()
-    st = p.stat()
-    key = f"{kind}:{p}"
+def _lookup(kind: str, p: Path, st: os.stat_result) -> str | None:
     with _LOCK:
-        entry = _read_cache().get(key)
+        entry = _read_cache().get(f"{kind}:{p}")
     if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
         value = entry.get("sha256")
         if isinstance(value, str) and len(value) == 64:
             return value
+    return None
+
+
+def _cached(kind: str, path, compute) -> str:
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    key = f"{kind}:{p}"
+    value = _lookup(kind, p, st)
+    if value is not None:
+        return value
     value = compute(p)
     with _LOCK:  # re-read: another session may have added entries meanwhile
         data = _read_cache()
@@ -104,6 +113,28 @@ def _cached(kind: str, path, compute) -> str:
 def sha256(path, *, use_cache: bool = True) -> str:
     """Full hex sha256 of the file (cached)."""
     return _cached("sha256", path, _sha256_file) if use_cache else _sha256_file(Path(path))
+
+
+def cached_sha256(path) -> str | None:
+    """The file's sha256 from the cache, or None when it was never computed for this size and mtime."""
+    p = Path(path).expanduser().resolve()
+    return _lookup("sha256", p, p.stat())
+
+
+def sha256_in_background(path) -> Future:
+    """Start :func:`sha256` of ``path`` in a daemon thread (hashlib releases the GIL, so jobs run meanwhile);
+    returns a ``concurrent.futures.Future`` of the hex digest. Hashes queue one at a time (one disk)."""
+    future: Future = Future()
+
+    def work():
+        with _BACKGROUND:
+            try:
+                future.set_result(sha256(path))
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the result
+                future.set_exception(e)
+
+    threading.Thread(target=work, name=f"nbdiffuse-sha256 {Path(path).name}", daemon=True).start()
+    return future
 
 
 def model_hash(path, *, use_cache: bool = True) -> str:
