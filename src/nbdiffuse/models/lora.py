@@ -1,13 +1,30 @@
-"""LoRA / LyCORIS-LoCon files in kohya/A1111 format: read them, merge them into a loaded model, undo it exactly.
+"""LoRA and LyCORIS files in kohya/A1111/LyCORIS format: read them, merge them into a loaded model, undo it exactly.
 
-A LoRA file holds, for some ``Linear``/``Conv2d`` layers of the UNet and the text encoder(s), a low-rank pair
-``lora_down`` (rank x in[, kh, kw]) and ``lora_up`` (out x rank[, 1, 1]) plus an optional ``alpha``. Applying it
-with multiplier ``m`` changes the layer's weight (A1111's ``network_lora``)::
+A file holds, for some ``Linear``/``Conv2d`` layers of the UNet and the text encoder(s), the parts of one weight
+change ``updown`` per layer. Applying it with multiplier ``m`` changes the layer's weight like A1111's
+``extensions-builtin/Lora`` (``network_*.py``)::
 
-    W += (up @ down).reshape(W.shape) * (alpha / rank) * m     # alpha missing: scale 1
+    W += updown * scale * m                   # scale = alpha / dim (1 without alpha or dim); a "scale" part wins
 
-LoCon's convolution pairs (3x3 ``down``, 1x1 ``up``) use the same formula with ``down`` flattened to
-``rank x (in*kh*kw)``. Key names (prefix + module path with ``.`` -> ``_``):
+Each layer's type is told by its part names (A1111's and LyCORIS's):
+
+- LoRA/LoCon: ``lora_down.weight`` (rank x in[, kh, kw]), ``lora_up.weight`` (out x rank[, 1, 1]);
+  ``updown = up @ down`` (down flattened), dim = rank. LoCon with Tucker decomposition adds ``lora_mid.weight``
+  (rank x rank x kh x kw, down and up then 1x1): ``updown[o,i,k,l] = sum_nm mid[n,m,k,l] up[o,n] down[m,i]``.
+- LoHa: ``hada_w1_a`` (out x r), ``hada_w1_b`` (r x in*kh*kw), ``hada_w2_a/b`` likewise;
+  ``updown = (w1_a @ w1_b) * (w2_a @ w2_b)`` (element-wise), dim = r. With ``hada_t1``/``hada_t2``
+  (r x r x kh x kw, Tucker) the matching ``w_a`` is r x out and ``w_b`` r x in and each factor is
+  ``f[o,i,k,l] = sum_pq t[p,q,k,l] w_a[p,o] w_b[q,i]``.
+- LoKr: ``lokr_w1`` or ``lokr_w1_a @ lokr_w1_b``, ``lokr_w2`` or ``lokr_w2_a @ lokr_w2_b`` (or the Tucker form
+  with ``lokr_t2``); ``updown = kron(w1, w2)`` (w1 gets 1x1 kernel dims when w2 has a kernel), dim = the rank of
+  ``lokr_w2_b`` else of ``lokr_w1_b``, else none (scale 1).
+- full: ``diff`` is ``updown`` itself; ``diff_b`` is added to the bias (times ``m``).
+- IA3: ``weight`` is a vector over the output channels (over the inputs when ``on_input``); ``updown = W * weight``.
+- DoRA: any of them with ``dora_scale`` (1 x in[, 1, 1], kohya/LyCORIS's per-input magnitude; LyCORIS's newer
+  per-output ``out x 1[, 1, 1]`` also read): ``V = W + updown*scale`` is renormed and the change becomes
+  ``(V * dora_scale / ||V|| - W) * m``, the norm taken over every axis but the input (output) one.
+
+Key names (prefix + module path with ``.`` -> ``_``):
 
 - ``lora_unet_<diffusers path>`` (kohya SD1/SD2: ``lora_unet_down_blocks_0_attentions_0_..._attn1_to_q``) and
   ``lora_unet_<LDM path>`` (kohya SDXL and some SD1 trainers: ``lora_unet_input_blocks_4_1_proj_in``,
@@ -17,14 +34,15 @@ LoCon's convolution pairs (3x3 ``down``, 1x1 ``up``) use the same formula with `
 - ``lora_te_<transformers path>`` for SD1/SD2's text encoder, ``lora_te1_`` / ``lora_te2_`` for SDXL's CLIP-L and
   OpenCLIP-bigG (``lora_te_text_model_encoder_layers_0_self_attn_q_proj``).
 
-Keys of other LyCORIS types (LoHa ``hada_*``, LoKr ``lokr_*``, Tucker ``lora_mid``, DoRA ``dora_scale``, full
-``diff``, norm weights) are not applied; they are listed in :attr:`LoRA.unsupported`, and keys that name no layer
+Parts that are not applied (OFT ``oft_*``, norm-layer ``w_norm``/``b_norm``, unknown names, incomplete or
+inconsistent sets) are listed per layer in :attr:`LoRA.unsupported` with the reason, and keys that name no layer
 of the loaded model in :attr:`LoraHandle.unmatched` (with a warning), like A1111's "didn't match keys" message.
+A1111's ``dyn=`` (dynamic rank) is not supported.
 
 ``apply_loras`` checks every LoRA against the model before changing any weight: a LoRA made for another model
 family raises ``ValueError("detail.safetensors is an SDXL LoRA; the loaded model is SD1")``. It keeps a copy of
-each weight it changes and :meth:`LoraHandle.restore` (also run by ``with apply_loras(...):`` on any exception)
-copies them back, so the model is bit-identical afterwards.
+each weight (and bias) it changes and :meth:`LoraHandle.restore` (also run by ``with apply_loras(...):`` on any
+exception) copies them back, so the model is bit-identical afterwards.
 
 ``LoRA.hash12`` is A1111's ``Lora hashes`` value: the first 12 hex of the sha256 of the safetensors bytes after
 the 8-byte header length and the JSON header ("addnet hash"); for a ``.pt``/``.ckpt`` LoRA, of the whole file.
@@ -55,17 +73,22 @@ _UNET_PREFIX = "lora_unet_"
 _CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TE_WIDTHS = {768: "sd1", 1024: "sd2"}
 _UNSUPPORTED = {
-    "hada_": "LoHa (LyCORIS hada_*) is not supported",
-    "lokr_": "LoKr (LyCORIS lokr_*) is not supported",
-    "lora_mid": "LoCon with Tucker decomposition (lora_mid) is not supported",
-    "dora_scale": "DoRA (dora_scale) is not supported",
-    "diff.": "full weight differences (diff) are not supported",
-    "diff_b": "full weight differences (diff) are not supported",
     "w_norm": "norm-layer weights (w_norm/b_norm) are not supported",
     "b_norm": "norm-layer weights (w_norm/b_norm) are not supported",
     "oft_": "OFT/BOFT is not supported",
-    "ia3": "IA3 is not supported",
 }
+# kind -> (its part names, what it must have); "alpha", "scale" and "dora_scale" go with any kind
+_KIND_PARTS = {
+    "lora": ({"lora_down.weight", "lora_up.weight", "lora_mid.weight"}, "lora_down.weight and lora_up.weight"),
+    "loha": ({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"},
+             "hada_w1_a, hada_w1_b, hada_w2_a and hada_w2_b"),
+    "lokr": ({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"},
+             "lokr_w1 (or lokr_w1_a and lokr_w1_b) and lokr_w2 (or lokr_w2_a and lokr_w2_b)"),
+    "full": ({"diff", "diff_b"}, "diff"),
+    "ia3": ({"weight", "on_input"}, "weight"),
+}
+_COMMON_PARTS = {"alpha", "scale", "dora_scale"}
+KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "full": "full (diff)", "ia3": "IA3"}
 
 
 def family_name(arch: str | None) -> str:
@@ -73,42 +96,179 @@ def family_name(arch: str | None) -> str:
     return FAMILY_NAMES.get(arch, arch) if arch else "unknown"
 
 
+def _flat_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with both flattened to 2-D (``a``: out x r[...], ``b``: r x in[...])."""
+    return a.reshape(a.shape[0], -1) @ b.reshape(b.shape[0], -1)
+
+
+def _tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """LyCORIS's Tucker rebuild: ``t`` (r1 x r2 x kh x kw), ``wa`` (r1 x out), ``wb`` (r2 x in) -> out x in x kh x kw"""
+    return torch.einsum("pqkl,po,qi->oikl", t, wa, wb)
+
+
+def _updown(kind: str, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The unscaled weight change of one layer, in its natural shape (no reshape to the layer's yet); not IA3."""
+    if kind == "lora":
+        up, down = p["lora_up.weight"], p["lora_down.weight"]
+        if "lora_mid.weight" in p:
+            up2, down2 = up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
+            return torch.einsum("nmkl,on,mi->oikl", p["lora_mid.weight"], up2, down2)
+        return _flat_mm(up, down)
+    if kind == "loha":
+        w1 = _tucker(p["hada_t1"], p["hada_w1_a"], p["hada_w1_b"]) if "hada_t1" in p \
+            else _flat_mm(p["hada_w1_a"], p["hada_w1_b"])
+        w2 = _tucker(p["hada_t2"], p["hada_w2_a"], p["hada_w2_b"]) if "hada_t2" in p \
+            else _flat_mm(p["hada_w2_a"], p["hada_w2_b"])
+        return w1 * w2.reshape(w1.shape)
+    if kind == "lokr":
+        w1 = p["lokr_w1"] if "lokr_w1" in p else _flat_mm(p["lokr_w1_a"], p["lokr_w1_b"])
+        if "lokr_w2" in p:
+            w2 = p["lokr_w2"]
+        elif "lokr_t2" in p:
+            w2 = _tucker(p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"])
+        else:
+            w2 = _flat_mm(p["lokr_w2_a"], p["lokr_w2_b"])
+        if w2.ndim == 4:
+            w1 = w1.reshape(*w1.shape[:2], 1, 1)
+        return torch.kron(w1, w2.contiguous())
+    return p["diff"]
+
+
 @dataclass
 class LoraModule:
-    """One adapted layer: ``key`` is the file's base key (``lora_unet_..._to_q``)."""
+    """One adapted layer: ``key`` is the file's base key (``lora_unet_..._to_q``), ``kind`` its type
+    (``"lora"``, ``"loha"``, ``"lokr"``, ``"full"``, ``"ia3"``) and ``parts`` its tensors by part name
+    (``"hada_w1_a"``, ``"dora_scale"``, ...). For ``"lora"``, ``down``/``up`` are its two matrices."""
 
     key: str
-    down: torch.Tensor
-    up: torch.Tensor
+    down: torch.Tensor | None = None
+    up: torch.Tensor | None = None
     alpha: float | None = None
+    kind: str = "lora"
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.down is not None:
+            self.parts.setdefault("lora_down.weight", self.down)
+        if self.up is not None:
+            self.parts.setdefault("lora_up.weight", self.up)
+        self.down = self.parts.get("lora_down.weight")
+        self.up = self.parts.get("lora_up.weight")
+
+    @property
+    def dim(self) -> int | None:
+        """The rank ``alpha`` is divided by (A1111's ``dim``); ``None`` for full and IA3 (and LoKr without
+        low-rank factors)."""
+        p = self.parts
+        if self.kind == "lora":
+            return int(self.down.shape[0])
+        if self.kind == "loha":
+            return int(p["hada_w1_b"].shape[0])
+        if self.kind == "lokr":
+            b = p.get("lokr_w2_b", p.get("lokr_w1_b"))
+            return None if b is None else int(b.shape[0])
+        return None
 
     @property
     def rank(self) -> int:
-        return int(self.down.shape[0])
+        return self.dim or 0
 
     @property
     def scale(self) -> float:
-        """``alpha / rank`` (1.0 when the file has no alpha), A1111's ``calc_scale``."""
-        return self.alpha / self.rank if self.alpha is not None else 1.0
+        """A1111's ``calc_scale``: the file's ``scale`` part, else ``alpha / dim``, else 1.0."""
+        if "scale" in self.parts:
+            return float(self.parts["scale"].float().item())
+        return self.alpha / self.dim if self.alpha is not None and self.dim else 1.0
 
     @property
     def is_text_encoder(self) -> bool:
         return self.key.startswith(_TE_PREFIXES)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the weight change as the file builds it (``(out, in)`` or ``(out, in, kh, kw)``, a
+        flattened conv ``(out, in*kh*kw)``); IA3: ``(channels,)``. Raises when the parts do not fit each other."""
+        if self.kind == "ia3":
+            return (self.parts["weight"].numel(),)
+        if self.kind == "lora":
+            mid = self.parts.get("lora_mid.weight")
+            kernel = tuple(mid.shape[2:]) if mid is not None else tuple(self.down.shape[2:])
+            return (int(self.up.shape[0]), int(self.down.shape[1]), *kernel)
+        meta = {k: torch.empty(v.shape, device="meta") for k, v in self.parts.items() if v.ndim > 0}
+        return tuple(_updown(self.kind, meta).shape)
+
+    @property
+    def in_features(self) -> int | None:
+        """The layer's input width as far as the file tells (used to guess the model family)."""
+        if self.kind == "ia3":
+            return None
+        if self.kind == "lora":
+            return int(self.down.shape[1])
+        try:
+            shape = self.shape
+        except RuntimeError:
+            return None
+        return int(shape[1]) if len(shape) == 2 else None
+
+    @property
+    def on_input(self) -> bool:
+        """IA3: whether ``weight`` scales the inputs (columns) rather than the outputs (rows)."""
+        flag = self.parts.get("on_input")
+        return bool(flag.item()) if flag is not None else False
+
     def fits(self, weight_shape: torch.Size) -> bool:
-        """Whether ``up @ down`` has the shape of a layer weight of ``weight_shape``."""
-        out, inp, kernel = self.up.shape[0], self.down.shape[1], tuple(self.down.shape[2:])
-        if len(weight_shape) == 4:
-            return tuple(weight_shape) == (out, inp, *(kernel or (1, 1)))
-        if len(weight_shape) == 2:
-            return tuple(weight_shape) == (out, inp) and all(k == 1 for k in kernel)
-        return False
+        """Whether the change has the shape of a layer weight of ``weight_shape`` (and ``dora_scale`` fits it)."""
+        weight_shape = tuple(weight_shape)
+        if len(weight_shape) not in (2, 4):
+            return False
+        dora = self.parts.get("dora_scale")
+        if dora is not None and dora.numel() not in (weight_shape[0], weight_shape[1]):
+            return False
+        if self.kind == "lora":
+            out, inp, *kernel = self.shape
+            if len(weight_shape) == 4:
+                return weight_shape == (out, inp, *(kernel or (1, 1)))
+            return weight_shape == (out, inp) and all(k == 1 for k in kernel)
+        if self.kind == "ia3":
+            return self.shape[0] == weight_shape[1 if self.on_input else 0]
+        shape = self.shape
+        if len(weight_shape) == 2 and len(shape) != 2:
+            return False
+        return shape[0] == weight_shape[0] and math.prod(shape) == math.prod(weight_shape)
 
     def delta(self, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
-        """``(up @ down) * scale * multiplier`` in float32 on ``weight``'s device, shaped like ``weight``."""
-        up = self.up.to(weight.device, torch.float32).reshape(self.up.shape[0], -1)
-        down = self.down.to(weight.device, torch.float32).reshape(self.rank, -1)
-        return (up @ down).reshape(weight.shape) * self.scale * multiplier
+        """The change to ``weight`` (A1111's ``updown``) in float32 on ``weight``'s device, shaped like ``weight``:
+        ``updown * scale``, renormed for DoRA, times ``multiplier``."""
+        if self.kind == "lora" and len(self.parts) == 2:  # the plain LoRA path, kept op for op
+            up = self.up.to(weight.device, torch.float32).reshape(self.up.shape[0], -1)
+            down = self.down.to(weight.device, torch.float32).reshape(self.rank, -1)
+            return (up @ down).reshape(weight.shape) * self.scale * multiplier
+        p = {k: v.to(weight.device, torch.float32) for k, v in self.parts.items() if v.ndim > 0}
+        w = weight.to(torch.float32)
+        if self.kind == "ia3":
+            axis = 1 if self.on_input else 0
+            updown = w * p["weight"].reshape([-1 if d == axis else 1 for d in range(w.ndim)])
+        else:
+            updown = _updown(self.kind, p).reshape(weight.shape)
+        updown = updown * self.scale
+        if "dora_scale" in p:
+            updown = _weight_decompose(updown, w, p["dora_scale"])
+        return updown * multiplier
+
+    def bias_delta(self, bias: torch.Tensor, multiplier: float) -> torch.Tensor | None:
+        """The change to the layer's bias (full ``diff_b`` times ``multiplier``), or None."""
+        diff_b = self.parts.get("diff_b")
+        return None if diff_b is None else diff_b.to(bias.device, torch.float32).reshape(bias.shape) * multiplier
+
+
+def _weight_decompose(updown: torch.Tensor, weight: torch.Tensor, dora_scale: torch.Tensor) -> torch.Tensor:
+    """DoRA: the change that makes ``weight + updown`` have the norms ``dora_scale`` per input channel (its shape
+    1 x in[, 1, 1]) or per output channel (out x 1[, 1, 1])."""
+    merged = weight + updown
+    per_input = dora_scale.numel() == weight.shape[1] and (dora_scale.ndim < 2 or dora_scale.shape[0] == 1)
+    axis = 1 if per_input else 0
+    norm = torch.linalg.vector_norm(merged, dim=[d for d in range(merged.ndim) if d != axis], keepdim=True)
+    return merged * (dora_scale.reshape(norm.shape) / norm) - weight
 
 
 @dataclass
@@ -177,12 +337,12 @@ def _guess_arch(modules: dict[str, LoraModule], keys: list[str], metadata: dict)
         return "sdxl", "it has keys for two text encoders (lora_te1_/lora_te2_)"
     for key, mod in modules.items():
         if key.startswith(_UNET_PREFIX) and key.endswith(("attn2_to_k", "attn2_to_v")):
-            width = int(mod.down.shape[1])
+            width = mod.in_features
             if width in _CONTEXT_WIDTHS:
                 return _CONTEXT_WIDTHS[width], f"its cross-attention reads {width}-wide text features"
     for key, mod in modules.items():
         if key.startswith("lora_te_") and key.endswith(("q_proj", "k_proj", "v_proj", "fc1")):
-            width = int(mod.down.shape[1])
+            width = mod.in_features
             if width in _TE_WIDTHS:
                 return _TE_WIDTHS[width], f"its text-encoder layers are {width} wide"
     unet = [k[len(_UNET_PREFIX):] for k in bases if k.startswith(_UNET_PREFIX)]
@@ -202,8 +362,57 @@ def _guess_arch(modules: dict[str, LoraModule], keys: list[str], metadata: dict)
     return None, "nothing in it identifies the model family"
 
 
+def _read_module(base: str, parts: dict[str, torch.Tensor]) -> LoraModule | str:
+    """One layer's parts as a :class:`LoraModule`, or the reason it cannot be applied."""
+    known = _COMMON_PARTS.union(*(names for names, _ in _KIND_PARTS.values()))
+    other = sorted(s for s in parts if s not in known)
+    for s in other:
+        for marker, why in _UNSUPPORTED.items():
+            if s.startswith(marker):
+                return why
+    if other:
+        return f"unknown parts {', '.join(other)}"
+    kinds = [kind for kind, (names, _) in _KIND_PARTS.items() if names & parts.keys()]
+    if len(kinds) > 1:
+        return f"mixes the parts of {' and '.join(KIND_NAMES[k] for k in kinds)}"
+    if not kinds:
+        return f"{', '.join(sorted(parts))} without the weights {'it belongs' if len(parts) == 1 else 'they belong'} to"
+    kind = kinds[0]
+    if kind == "lora":
+        down, up = parts.get("lora_down.weight"), parts.get("lora_up.weight")
+        if down is None or up is None:
+            return "lora_up without lora_down" if down is None else "lora_down without lora_up"
+        mid = parts.get("lora_mid.weight")
+        if (down.ndim not in (2, 4) or up.ndim != down.ndim or up.shape[1] != down.shape[0]
+                or (up.ndim == 4 and tuple(up.shape[2:]) != (1, 1))
+                or (mid is not None and (mid.ndim != 4 or down.ndim != 4 or tuple(down.shape[2:]) != (1, 1)))):
+            shapes = ", ".join(f"{n.split('.')[0][5:]} {tuple(t.shape)}" for n, t in sorted(parts.items()) if t.ndim)
+            return f"inconsistent shapes {shapes}"
+    else:
+        has = parts.keys()
+        complete = {"loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= has,
+                    "lokr": ("lokr_w1" in has or {"lokr_w1_a", "lokr_w1_b"} <= has)
+                    and ("lokr_w2" in has or {"lokr_w2_a", "lokr_w2_b"} <= has),
+                    "full": "diff" in has, "ia3": "weight" in has}[kind]
+        if not complete:
+            return f"{KIND_NAMES[kind]} needs {_KIND_PARTS[kind][1]}; it has {', '.join(sorted(has))}"
+    alpha = parts.get("alpha")
+    rest = {k: v for k, v in parts.items() if k != "alpha"}
+    module = LoraModule(base, alpha=float(alpha.float().item()) if alpha is not None else None, kind=kind,
+                        parts=rest)
+    try:
+        shape = module.shape
+    except (RuntimeError, IndexError, ValueError):
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in sorted(rest.items()) if t.ndim)
+        return f"{KIND_NAMES[kind]} with inconsistent shapes {shapes}"
+    if kind != "ia3" and len(shape) not in (2, 4):
+        return f"{KIND_NAMES[kind]} makes a change of shape {shape}, not one of a Linear or Conv2d weight"
+    return module
+
+
 def load_lora(path, name: str | None = None, hash: bool = True) -> LoRA:
-    """Read a kohya/A1111/LyCORIS-LoCon LoRA file; ``name`` defaults to the file stem (the ``<lora:name>``).
+    """Read a kohya/A1111/LyCORIS file (LoRA, LoCon, LoHa, LoKr, DoRA, full, IA3); ``name`` defaults to the file
+    stem (the ``<lora:name>`` or ``<lyco:name>``).
 
     Errors with the file itself raise :class:`~nbdiffuse.models.errors.ModelLoadError` (a ``ValueError``) naming
     it. ``hash=False`` skips hashing (``sha256``/``hash12`` are then ``""`` and the infotext omits the LoRA).
@@ -227,23 +436,11 @@ def load_lora(path, name: str | None = None, hash: bool = True) -> LoRA:
         unsupported[base] = ("diffusers/PEFT-style key names are not supported (only kohya/A1111 "
                              "lora_unet_/lora_te_ names)" if peft else "not a kohya/A1111 LoRA key")
     for base, parts in groups.items():
-        down, up = parts.get("lora_down.weight"), parts.get("lora_up.weight")
-        other = [s for s in parts if s not in ("lora_down.weight", "lora_up.weight", "alpha")]
-        reason = next((why for s in other for marker, why in _UNSUPPORTED.items()
-                       if s.startswith(marker) or s == marker.rstrip(".")), None)
-        if reason is None and other:
-            reason = f"unknown parts {', '.join(sorted(other))}"
-        if reason is None and (down is None or up is None):
-            reason = ("alpha without lora_up/lora_down" if down is None and up is None
-                      else "lora_up without lora_down" if down is None else "lora_down without lora_up")
-        if reason is None and (down.ndim not in (2, 4) or up.ndim != down.ndim or up.shape[1] != down.shape[0]
-                               or (up.ndim == 4 and tuple(up.shape[2:]) != (1, 1))):
-            reason = f"inconsistent shapes down {tuple(down.shape)}, up {tuple(up.shape)}"
-        if reason is not None:
-            unsupported[base] = reason
-            continue
-        alpha = parts.get("alpha")
-        modules[base] = LoraModule(base, down, up, float(alpha.float().item()) if alpha is not None else None)
+        module = _read_module(base, parts)
+        if isinstance(module, str):
+            unsupported[base] = module
+        else:
+            modules[base] = module
     if not modules:
         if len(foreign) == len(unsupported) and not any("PEFT" in why for why in unsupported.values()):
             unsupported = {}
@@ -403,10 +600,15 @@ def check_lora(bundle, lora: LoRA, table: dict | None = None) -> tuple[dict[str,
         if hit is None:
             unmatched.append(key)
             continue
+        bias = getattr(hit[1], "bias", None)
+        if "diff_b" in mod.parts and (bias is None or bias.numel() != mod.parts["diff_b"].numel()):
+            raise ValueError(f"{lora.filename} does not fit the loaded model ({model}): {key} has a bias change "
+                             f"(diff_b) of {mod.parts['diff_b'].numel()} values but the model's layer has "
+                             f"{'no bias' if bias is None else f'{bias.numel()} bias values'}")
         if not mod.fits(hit[1].weight.shape):
             made_for = f"an {family_name(lora.arch)} LoRA" if lora.arch else "a LoRA for another model"
             raise ValueError(f"{lora.filename} does not fit the loaded model ({model}): {key} has shape "
-                             f"{tuple(mod.up.shape[:1]) + tuple(mod.down.shape[1:])} but the model's layer is "
+                             f"{mod.shape} but the model's layer is "
                              f"{tuple(hit[1].weight.shape)}; it is {made_for}")
         matched[key] = hit
     if not matched:
@@ -422,9 +624,10 @@ def apply_loras(bundle, loras, backup_device=None, warn_unmatched: bool = True) 
 
     ``loras``: items ``(lora, unet_weight, te_weight)`` (note the order), ``(lora, weight)`` for both, or a bare
     :class:`LoRA` (1.0). All of them are checked first (:func:`check_lora`); nothing changes if one fails.
-    Several LoRAs on one layer add up in order. A zero multiplier leaves that part untouched. The original of
-    each changed weight is kept (on ``backup_device``, default the weight's own device) until ``restore()``;
-    if applying fails midway, what was changed is restored before the error propagates.
+    Several LoRAs on one layer add up in order (DoRA and IA3 see the weight as the LoRAs before them left it,
+    like A1111). A zero multiplier leaves that part untouched. The original of each changed weight (and bias)
+    is kept (on ``backup_device``, default the weight's own device) until ``restore()``; if applying fails
+    midway, what was changed is restored before the error propagates.
     """
     items = [_normalise(item) for item in loras]
     table = lora_key_map(bundle)
@@ -437,10 +640,14 @@ def apply_loras(bundle, loras, backup_device=None, warn_unmatched: bool = True) 
                 multiplier = unet_w if part == "unet" else te_w
                 if multiplier == 0:
                     continue
-                weight = module.weight
-                delta = lora.modules[key].delta(weight, multiplier)
+                weight, mod = module.weight, lora.modules[key]
+                delta = mod.delta(weight, multiplier)
+                bias_delta = mod.bias_delta(module.bias, multiplier) if "diff_b" in mod.parts else None
                 handle._backup(weight, backup_device)
                 weight.copy_((weight.to(torch.float32) + delta).to(weight.dtype))
+                if bias_delta is not None:
+                    handle._backup(module.bias, backup_device)
+                    module.bias.copy_((module.bias.to(torch.float32) + bias_delta).to(module.bias.dtype))
                 layers += 1
                 handle.text_encoder_changed |= part != "unet"
             handle.applied.append(AppliedLora(lora, unet_w, te_w, layers))
