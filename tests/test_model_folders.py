@@ -44,7 +44,8 @@ def test_a1111_layout_from_root_or_models_folder(a1111):
 def test_comfyui_layout(comfy):
     f = ModelFolders(comfy / "models")
     assert f.all() == {"checkpoints": ["sd_xl_base_1.0.safetensors"], "loras": ["style.safetensors"],
-                       "vae": ["sdxl_vae.safetensors"], "embeddings": ["neg.pt"], "upscalers": ["4x-Ultra.pth"]}
+                       "vae": ["sdxl_vae.safetensors"], "embeddings": ["neg.pt"], "upscalers": ["4x-Ultra.pth"],
+                       "hypernetworks": []}
 
 
 def test_find_by_name_with_or_without_extension_or_relative_path(a1111):

@@ -168,6 +168,7 @@ class Session:
         self._lock = JobLock()
         self._call_costs: collections.deque[float] = collections.deque(maxlen=20)  # s per model call per pixel
         self._loras = {}  # (path, mtime) -> LoRA read from disk
+        self._hypernets = {}  # (path, mtime) -> Hypernetwork read from disk
         self.upscalers = Upscalers()  # hr_upscaler model files by name, and the one upscaler model in memory
         self._find_upscaler()  # the models folder's upscalers are choices from the start (the panel lists them)
         from .models.attention import check_attention
@@ -279,7 +280,8 @@ class Session:
 
     def models(self) -> dict[str, list[str]]:
         """What the model folders hold, per kind (``checkpoints``, ``loras``, ``vae``, ``embeddings``,
-        ``upscalers``): names usable with :meth:`load`/:meth:`load_vae`. Empty lists without ``models_dir``."""
+        ``upscalers``, ``hypernetworks``): names usable with :meth:`load`/:meth:`load_vae` (and in prompt tags).
+        Empty lists without ``models_dir``."""
         from .models.folders import LAYOUTS
 
         if self.folders is None:
@@ -578,12 +580,54 @@ class Session:
             self.encoder.cache_tag = tuple((lora.sha256, te) for lora, _, te in entries)
         return handle
 
+    def _hypernetworks(self, p: GenerationParams) -> list:
+        """The prompt's ``<hypernet:name:strength>`` tags as ``(name, Hypernetwork, strength)``, in the prompt's order
+        (A1111 chains them so); every file is found and read before the job changes anything."""
+        from .jobs.driver import apply_styled
+        from .prompts.parser import extract_extra_networks
+
+        texts = [apply_styled(p, self.styles)[0]]
+        if p.enable_hr and p.hr_prompt:
+            texts.append(p.hr_prompt)
+        tags = [n for t in texts for n in extract_extra_networks(t)[1] if n.kind == "hypernet"]
+        if not tags or self.folders is None:  # without a models folder the job notes them as not applied
+            return []
+        from .models.hypernetwork import load_hypernetwork
+
+        entries = {}
+        for tag in tags:
+            try:
+                strength = float(tag.items[1]) if len(tag.items) > 1 else 1.0
+            except ValueError:
+                raise ValueError(f"<hypernet:{':'.join(tag.items)}>: the strength must be a number") from None
+            if entries.setdefault(tag.name, strength) != strength:
+                raise ValueError(f"The prompt names <hypernet:{tag.name}> twice with different strengths "
+                                 f"({entries[tag.name]} and {strength}): write it once, with the strength you want.")
+        out = []
+        for name, strength in entries.items():
+            path = self.folders.find("hypernetworks", name)
+            key = (str(path), path.stat().st_mtime_ns)
+            net = self._hypernets.get(key) or self._hypernets.setdefault(key, load_hypernetwork(path))
+            out.append((name, net, strength))
+        return out
+
     def _with_networks(self, p: GenerationParams, gen):
-        """Run a job generator with the prompt's LoRAs merged, and unmerged afterwards (also on error)."""
+        """Run a job generator with the prompt's LoRAs merged and hypernetworks hooked into the UNet, and both
+        undone afterwards (also on error)."""
+        hypernets = self._hypernetworks(p)
         handle = self._networks(p)
+        hooks = None
         try:
+            if hypernets:
+                from .models.hypernetwork import apply_hypernetworks
+
+                hooks = apply_hypernetworks(self.model.unet, [(net, strength) for _, net, strength in hypernets])
+                self.model.applied_hypernetworks = hypernets
             return (yield from gen)
         finally:
+            if hooks is not None:
+                hooks.remove()
+            self.model.applied_hypernetworks = []
             if handle is not None:
                 handle.restore()
                 self.model.applied_loras = []

@@ -91,14 +91,14 @@ def styled_prompts(p: GenerationParams, styles: Mapping[str, Style] | None, note
     ignored = [n for n in networks if n.name not in applied] + neg_networks
     if ignored:
         names = ", ".join(f"<{n.kind}:{n.name}>" for n in ignored)
-        notes.append(f"Extra-network tags not applied (only positive-prompt <lora:...> tags with a models folder "
-                     f"are) and removed from the prompt: {names}")
+        notes.append(f"Extra-network tags not applied (only positive-prompt <lora:...> and <hypernet:...> tags "
+                     f"with a models folder are) and removed from the prompt: {names}")
     return styled_prompt, styled_negative, prompt, negative
 
 
 def applied_names(bundle) -> list[str]:
-    """Names of the LoRAs merged into ``bundle`` for the running job."""
-    return [lora.name for lora in bundle.applied_loras]
+    """Names of the LoRAs merged into ``bundle`` and of the hypernetworks hooked into it, for the running job."""
+    return [lora.name for lora in bundle.applied_loras] + [name for name, _, _ in bundle.applied_hypernetworks]
 
 
 # ------------------------------------------------------------------------------------------------------ pass

@@ -33,6 +33,7 @@ class ModelBundle:
     hash: str | None = None  # A1111 "Model hash": first 10 hex of the file's sha256 (see _hash below)
     info: dict = field(default_factory=dict)  # what the loader found and how long each stage took
     applied_loras: list = field(default_factory=list)  # LoRAs merged into the weights right now (during a job)
+    applied_hypernetworks: list = field(default_factory=list)  # (tag name, Hypernetwork, strength) hooked in
     # Where the model runs when its weights wait elsewhere (medvram/lowvram keep them on the CPU between uses):
     # set by the Session's memory mode; None: where the UNet's weights are.
     execution_device: torch.device | None = None

@@ -10,6 +10,7 @@ loras          models/Lora, models/LyCORIS      models/loras
 vae            models/VAE                       models/vae
 embeddings     embeddings (WebUI root)          models/embeddings
 upscalers      models/ESRGAN, models/RealESRGAN models/upscale_models
+hypernetworks  models/hypernetworks             models/hypernetworks
 =============  ===============================  ===========================
 
 Names are file paths relative to their kind's folder, with forward slashes (``"sub/model.safetensors"``);
@@ -29,6 +30,7 @@ LAYOUTS = {
     "vae": ("models/VAE", "models/vae"),
     "embeddings": ("embeddings", "models/embeddings"),
     "upscalers": ("models/ESRGAN", "models/RealESRGAN", "models/upscale_models"),
+    "hypernetworks": ("models/hypernetworks",),
 }
 EXTENSIONS = {
     "checkpoints": (".safetensors", ".ckpt", ".pt", ".pth"),
@@ -36,10 +38,12 @@ EXTENSIONS = {
     "vae": (".safetensors", ".pt", ".ckpt", ".pth"),
     "embeddings": (".safetensors", ".pt", ".bin"),
     "upscalers": (".pth", ".pt", ".safetensors"),
+    "hypernetworks": (".pt",),  # A1111 lists only .pt files there
 }
 KIND_ALIASES = {"checkpoint": "checkpoints", "stable-diffusion": "checkpoints", "models": "checkpoints",
                 "lora": "loras", "lycoris": "loras", "vaes": "vae", "embedding": "embeddings",
-                "textual_inversion": "embeddings", "upscaler": "upscalers", "esrgan": "upscalers"}
+                "textual_inversion": "embeddings", "upscaler": "upscalers", "esrgan": "upscalers",
+                "hypernetwork": "hypernetworks", "hypernet": "hypernetworks"}
 
 
 def _kind(kind: str) -> str:
