@@ -201,7 +201,7 @@ def test_dora_renorms_input_columns_of_the_merged_weight(tmp_path):
     assert_restored(bundle, before)
 
 
-def test_locon_tucker_full_diff_and_ia3_merge_by_the_formula_and_restore(tmp_path):
+def test_locon_tucker_full_diff_ia3_and_norm_merge_by_the_formula_and_restore(tmp_path):
     key_mid, key_full, key_ia3_out, key_ia3_in = ("lora_unet_down_blocks_0_resnets_0_conv1",
                                                   f"lora_unet_{TB}_ff_net_2", f"lora_unet_{TB}_attn2_to_v",
                                                   "lora_te_text_model_encoder_layers_2_mlp_fc2")
@@ -217,12 +217,20 @@ def test_locon_tucker_full_diff_and_ia3_merge_by_the_formula_and_restore(tmp_pat
         f"{key_full}.diff": rand(32, 128, seed=4), f"{key_full}.diff_b": rand(32, seed=5),
         f"{key_ia3_out}.weight": rand(32, seed=6), f"{key_ia3_out}.on_input": torch.tensor(False),
         f"{key_ia3_in}.weight": rand(in_f, seed=7), f"{key_ia3_in}.on_input": torch.tensor(True),
+        "lora_unet_input_blocks_1_0_in_layers_0.w_norm": rand(32, seed=8),  # GroupNorm resnets.0.norm1, LDM name
+        "lora_unet_input_blocks_1_0_in_layers_0.b_norm": rand(32, seed=9),
+        "lora_te_text_model_final_layer_norm.w_norm": rand(32, seed=10),
+        "lora_te_text_model_final_layer_norm.b_norm": rand(32, seed=11),
     }
     lora = load_lora(save(tmp_path / "mixed.safetensors", t))
-    assert {k: m.kind for k, m in lora.modules.items()} == {key_mid: "lora", key_full: "full", key_ia3_out: "ia3",
-                                                            key_ia3_in: "ia3"}
+    assert {k: m.kind for k, m in lora.modules.items()} == {
+        key_mid: "lora", key_full: "full", key_ia3_out: "ia3", key_ia3_in: "ia3",
+        "lora_unet_input_blocks_1_0_in_layers_0": "norm", "lora_te_text_model_final_layer_norm": "norm"}
+    norms = {"unet": bundle.unet.down_blocks[0].resnets[0].norm1,
+             "te": dict(bundle.text_encoders[0].named_modules())["final_layer_norm"]}
     w = {k: m.weight.detach().clone() for k, m in layers.items()}
     bias = layers[key_full].bias.detach().clone()
+    norm_before = {k: (m.weight.detach().clone(), m.bias.detach().clone()) for k, m in norms.items()}
     handle, before = merged(bundle, [(lora, 0.8, 0.4)])
     p = {k: v for k, v in t.items()}
     mid = p[f"{key_mid}.lora_mid.weight"]
@@ -237,6 +245,10 @@ def test_locon_tucker_full_diff_and_ia3_merge_by_the_formula_and_restore(tmp_pat
     for key, value in want.items():
         torch.testing.assert_close(layers[key].weight, value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(layers[key_full].bias, bias + p[f"{key_full}.diff_b"] * 0.8)
+    for part, key, m in [("unet", "lora_unet_input_blocks_1_0_in_layers_0", 0.8),
+                         ("te", "lora_te_text_model_final_layer_norm", 0.4)]:
+        torch.testing.assert_close(norms[part].weight, norm_before[part][0] + p[f"{key}.w_norm"] * m)
+        torch.testing.assert_close(norms[part].bias, norm_before[part][1] + p[f"{key}.b_norm"] * m)
     handle.restore()
     assert_restored(bundle, before)
 
@@ -279,7 +291,7 @@ def test_unsupported_and_broken_lycoris_layers_say_which_and_why(tmp_path):
         f"lora_unet_{TB}_attn1_to_k.hada_w1_a": rand(32, 2),  # incomplete LoHa
         f"lora_unet_{TB}_attn1_to_v.lokr_w1": rand(4, 4),  # LoKr without w2
         f"lora_unet_{TB}_attn2_to_q.oft_blocks": rand(4, 8, 8),
-        f"lora_unet_{TB}_norm1.w_norm": rand(32), f"lora_unet_{TB}_norm1.b_norm": rand(32),
+        f"lora_unet_{TB}_norm1.w_norm": rand(32),  # norm without b_norm
         f"lora_unet_{TB}_attn2_to_v.hada_w1_a": rand(32, 2), f"lora_unet_{TB}_attn2_to_v.lora_up.weight": rand(32, 2),
         f"lora_unet_{TB}_ff_net_2.frobnicate": rand(3),
         f"lora_unet_{TB}_attn2_to_k.hada_w1_a": rand(32, 2), f"lora_unet_{TB}_attn2_to_k.hada_w1_b": rand(3, 32),
@@ -292,7 +304,7 @@ def test_unsupported_and_broken_lycoris_layers_say_which_and_why(tmp_path):
     assert why["attn1_to_k"].startswith("LoHa needs hada_w1_a, hada_w1_b, hada_w2_a and hada_w2_b; it has hada_w1_a")
     assert why["attn1_to_v"].startswith("LoKr needs lokr_w1 (or lokr_w1_a and lokr_w1_b) and lokr_w2")
     assert why["attn2_to_q"] == "OFT/BOFT is not supported"
-    assert why["norm1"] == "norm-layer weights (w_norm/b_norm) are not supported"
+    assert why["norm1"] == "LyCORIS norm needs w_norm and b_norm; it has w_norm"
     assert why["attn2_to_v"] == "mixes the parts of LoRA and LoHa"
     assert why["ff_net_2"] == "unknown parts frobnicate"
     assert why["attn2_to_k"].startswith("LoHa with inconsistent shapes hada_w1_a (32, 2), hada_w1_b (3, 32)")

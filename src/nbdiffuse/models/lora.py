@@ -20,6 +20,7 @@ Each layer's type is told by its part names (A1111's and LyCORIS's):
   ``lokr_w2_b`` else of ``lokr_w1_b``, else none (scale 1).
 - full: ``diff`` is ``updown`` itself; ``diff_b`` is added to the bias (times ``m``).
 - IA3: ``weight`` is a vector over the output channels (over the inputs when ``on_input``); ``updown = W * weight``.
+- norm: ``w_norm`` and ``b_norm`` are added (times ``m``) to a ``LayerNorm``/``GroupNorm``'s weight and bias.
 - DoRA: any of them with ``dora_scale`` (1 x in[, 1, 1], kohya/LyCORIS's per-input magnitude; LyCORIS's newer
   per-output ``out x 1[, 1, 1]`` also read): ``V = W + updown*scale`` is renormed and the change becomes
   ``(V * dora_scale / ||V|| - W) * m``, the norm taken over every axis but the input (output) one.
@@ -34,7 +35,7 @@ Key names (prefix + module path with ``.`` -> ``_``):
 - ``lora_te_<transformers path>`` for SD1/SD2's text encoder, ``lora_te1_`` / ``lora_te2_`` for SDXL's CLIP-L and
   OpenCLIP-bigG (``lora_te_text_model_encoder_layers_0_self_attn_q_proj``).
 
-Parts that are not applied (OFT ``oft_*``, norm-layer ``w_norm``/``b_norm``, unknown names, incomplete or
+Parts that are not applied (OFT ``oft_*``, unknown names, incomplete or
 inconsistent sets) are listed per layer in :attr:`LoRA.unsupported` with the reason, and keys that name no layer
 of the loaded model in :attr:`LoraHandle.unmatched` (with a warning), like A1111's "didn't match keys" message.
 A1111's ``dyn=`` (dynamic rank) is not supported.
@@ -72,11 +73,7 @@ _UNET_PREFIX = "lora_unet_"
 # context width of the UNet's cross-attention / text-encoder width -> family
 _CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TE_WIDTHS = {768: "sd1", 1024: "sd2"}
-_UNSUPPORTED = {
-    "w_norm": "norm-layer weights (w_norm/b_norm) are not supported",
-    "b_norm": "norm-layer weights (w_norm/b_norm) are not supported",
-    "oft_": "OFT/BOFT is not supported",
-}
+_UNSUPPORTED = {"oft_": "OFT/BOFT is not supported"}
 # kind -> (its part names, what it must have); "alpha", "scale" and "dora_scale" go with any kind
 _KIND_PARTS = {
     "lora": ({"lora_down.weight", "lora_up.weight", "lora_mid.weight"}, "lora_down.weight and lora_up.weight"),
@@ -86,9 +83,12 @@ _KIND_PARTS = {
              "lokr_w1 (or lokr_w1_a and lokr_w1_b) and lokr_w2 (or lokr_w2_a and lokr_w2_b)"),
     "full": ({"diff", "diff_b"}, "diff"),
     "ia3": ({"weight", "on_input"}, "weight"),
+    "norm": ({"w_norm", "b_norm"}, "w_norm and b_norm"),
 }
+_BIAS_PARTS = ("diff_b", "b_norm")  # added to the layer's bias
 _COMMON_PARTS = {"alpha", "scale", "dora_scale"}
-KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "full": "full (diff)", "ia3": "IA3"}
+KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "full": "full (diff)", "ia3": "IA3",
+              "norm": "LyCORIS norm"}
 
 
 def family_name(arch: str | None) -> str:
@@ -131,13 +131,13 @@ def _updown(kind: str, p: dict[str, torch.Tensor]) -> torch.Tensor:
         if w2.ndim == 4:
             w1 = w1.reshape(*w1.shape[:2], 1, 1)
         return torch.kron(w1, w2.contiguous())
-    return p["diff"]
+    return p["w_norm"] if kind == "norm" else p["diff"]
 
 
 @dataclass
 class LoraModule:
     """One adapted layer: ``key`` is the file's base key (``lora_unet_..._to_q``), ``kind`` its type
-    (``"lora"``, ``"loha"``, ``"lokr"``, ``"full"``, ``"ia3"``) and ``parts`` its tensors by part name
+    (``"lora"``, ``"loha"``, ``"lokr"``, ``"full"``, ``"ia3"``, ``"norm"``) and ``parts`` its tensors by part name
     (``"hada_w1_a"``, ``"dora_scale"``, ...). For ``"lora"``, ``down``/``up`` are its two matrices."""
 
     key: str
@@ -219,6 +219,8 @@ class LoraModule:
     def fits(self, weight_shape: torch.Size) -> bool:
         """Whether the change has the shape of a layer weight of ``weight_shape`` (and ``dora_scale`` fits it)."""
         weight_shape = tuple(weight_shape)
+        if self.kind == "norm":
+            return self.shape == weight_shape and "dora_scale" not in self.parts
         if len(weight_shape) not in (2, 4):
             return False
         dora = self.parts.get("dora_scale")
@@ -256,8 +258,8 @@ class LoraModule:
         return updown * multiplier
 
     def bias_delta(self, bias: torch.Tensor, multiplier: float) -> torch.Tensor | None:
-        """The change to the layer's bias (full ``diff_b`` times ``multiplier``), or None."""
-        diff_b = self.parts.get("diff_b")
+        """The change to the layer's bias (full's ``diff_b``, norm's ``b_norm``) times ``multiplier``, or None."""
+        diff_b = next((self.parts[n] for n in _BIAS_PARTS if n in self.parts), None)
         return None if diff_b is None else diff_b.to(bias.device, torch.float32).reshape(bias.shape) * multiplier
 
 
@@ -393,7 +395,7 @@ def _read_module(base: str, parts: dict[str, torch.Tensor]) -> LoraModule | str:
         complete = {"loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= has,
                     "lokr": ("lokr_w1" in has or {"lokr_w1_a", "lokr_w1_b"} <= has)
                     and ("lokr_w2" in has or {"lokr_w2_a", "lokr_w2_b"} <= has),
-                    "full": "diff" in has, "ia3": "weight" in has}[kind]
+                    "full": "diff" in has, "ia3": "weight" in has, "norm": {"w_norm", "b_norm"} <= has}[kind]
         if not complete:
             return f"{KIND_NAMES[kind]} needs {_KIND_PARTS[kind][1]}; it has {', '.join(sorted(has))}"
     alpha = parts.get("alpha")
@@ -405,13 +407,13 @@ def _read_module(base: str, parts: dict[str, torch.Tensor]) -> LoraModule | str:
     except (RuntimeError, IndexError, ValueError):
         shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in sorted(rest.items()) if t.ndim)
         return f"{KIND_NAMES[kind]} with inconsistent shapes {shapes}"
-    if kind != "ia3" and len(shape) not in (2, 4):
+    if kind not in ("ia3", "norm") and len(shape) not in (2, 4):
         return f"{KIND_NAMES[kind]} makes a change of shape {shape}, not one of a Linear or Conv2d weight"
     return module
 
 
 def load_lora(path, name: str | None = None, hash: bool = True) -> LoRA:
-    """Read a kohya/A1111/LyCORIS file (LoRA, LoCon, LoHa, LoKr, DoRA, full, IA3); ``name`` defaults to the file
+    """Read a kohya/A1111/LyCORIS file (LoRA, LoCon, LoHa, LoKr, DoRA, full, IA3, norm); ``name`` defaults to the file
     stem (the ``<lora:name>`` or ``<lyco:name>``).
 
     Errors with the file itself raise :class:`~nbdiffuse.models.errors.ModelLoadError` (a ``ValueError``) naming
@@ -458,13 +460,18 @@ def load_lora(path, name: str | None = None, hash: bool = True) -> LoRA:
 # Matching keys to the loaded model's layers
 # --------------------------------------------------------------------------------------------------
 
+_LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
+_TE_LAYER_TYPES = (torch.nn.Linear, torch.nn.LayerNorm)
+
+
 def lora_key_map(bundle) -> dict[str, tuple[str, torch.nn.Module]]:
     """Every LoRA base key the model understands -> (``"unet"``/``"te0"``/``"te1"``, layer). Covers kohya's
-    diffusers-named and LDM-named UNet keys and ``lora_te_``/``lora_te1_``/``lora_te2_`` text-encoder keys."""
+    diffusers-named and LDM-named UNet keys and ``lora_te_``/``lora_te1_``/``lora_te2_`` text-encoder keys, for
+    ``Linear``/``Conv2d`` layers and (for LyCORIS's ``w_norm``/``b_norm``) ``LayerNorm``/``GroupNorm`` ones."""
     table: dict[str, tuple[str, torch.nn.Module]] = {}
     prefixes = unet_ldm_prefixes(bundle.unet)
     for name, module in bundle.unet.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+        if isinstance(module, _LAYER_TYPES) and getattr(module, "weight", None) is not None:
             table[_UNET_PREFIX + name.replace(".", "_")] = ("unet", module)
             ldm = unet_name_to_ldm(name, prefixes)
             if ldm is not None:
@@ -472,7 +479,7 @@ def lora_key_map(bundle) -> dict[str, tuple[str, torch.nn.Module]]:
     te_prefixes = ["lora_te1_", "lora_te2_"] if len(bundle.text_encoders) == 2 else ["lora_te_"]
     for i, (prefix, encoder) in enumerate(zip(te_prefixes, bundle.text_encoders)):
         for name, module in encoder.named_modules():
-            if isinstance(module, torch.nn.Linear):
+            if isinstance(module, _TE_LAYER_TYPES) and getattr(module, "weight", None) is not None:
                 path = name if name.startswith("text_model.") else f"text_model.{name}"
                 table[prefix + path.replace(".", "_")] = (f"te{i}", module)
     return table
@@ -600,10 +607,10 @@ def check_lora(bundle, lora: LoRA, table: dict | None = None) -> tuple[dict[str,
         if hit is None:
             unmatched.append(key)
             continue
-        bias = getattr(hit[1], "bias", None)
-        if "diff_b" in mod.parts and (bias is None or bias.numel() != mod.parts["diff_b"].numel()):
+        bias, bias_part = getattr(hit[1], "bias", None), next((n for n in _BIAS_PARTS if n in mod.parts), None)
+        if bias_part and (bias is None or bias.numel() != mod.parts[bias_part].numel()):
             raise ValueError(f"{lora.filename} does not fit the loaded model ({model}): {key} has a bias change "
-                             f"(diff_b) of {mod.parts['diff_b'].numel()} values but the model's layer has "
+                             f"({bias_part}) of {mod.parts[bias_part].numel()} values but the model's layer has "
                              f"{'no bias' if bias is None else f'{bias.numel()} bias values'}")
         if not mod.fits(hit[1].weight.shape):
             made_for = f"an {family_name(lora.arch)} LoRA" if lora.arch else "a LoRA for another model"
@@ -642,7 +649,7 @@ def apply_loras(bundle, loras, backup_device=None, warn_unmatched: bool = True) 
                     continue
                 weight, mod = module.weight, lora.modules[key]
                 delta = mod.delta(weight, multiplier)
-                bias_delta = mod.bias_delta(module.bias, multiplier) if "diff_b" in mod.parts else None
+                bias_delta = mod.bias_delta(module.bias, multiplier) if mod.parts.keys() & _BIAS_PARTS else None
                 handle._backup(weight, backup_device)
                 weight.copy_((weight.to(torch.float32) + delta).to(weight.dtype))
                 if bias_delta is not None:
