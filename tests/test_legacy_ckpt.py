@@ -110,3 +110,14 @@ def test_allowed_globals_cannot_be_used_to_reach_other_code(tmp_path):
         torch.save(evil, tmp_path / "m.ckpt")
     assert isinstance(load_pickle(tmp_path / "m.ckpt")["x"], LightningStandIn)
     assert not marker.exists()
+
+
+def test_original_textual_inversion_embedding_with_a_parameter_dict_loads(tmp_path):
+    """rinongal's textual-inversion code (2022) saved string_to_param as an nn.ParameterDict, which A1111 allows."""
+    from nbdiffuse.models.embeddings import load_embedding
+
+    vec = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    params = torch.nn.ParameterDict({"*": torch.nn.Parameter(vec.clone())})
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": params}, tmp_path / "old_ti.pt")
+    emb = load_embedding(tmp_path / "old_ti.pt", hash=False)
+    assert torch.equal(next(iter(emb.vectors.values())), vec)

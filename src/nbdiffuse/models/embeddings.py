@@ -6,9 +6,11 @@ in a prompt's tokens (the longest registered match first) it is replaced by the 
 weight of the text around them. :func:`nbdiffuse.prompts.conditioning.tokenize_chunks` does the replacement
 (``embeddings=``), :class:`~nbdiffuse.prompts.conditioning.TextEncoder` feeds the vectors to the encoder.
 
-File formats read (``.pt``/``.bin`` only through ``torch.load(weights_only=True)``; ``.safetensors``):
+File formats read (``.pt``/``.bin`` only through ``torch.load(weights_only=True)``, with the allow-list of
+:func:`~nbdiffuse.models.state_dict.load_pickle`; ``.safetensors``):
 
-- ``{'string_to_param': {'*': tensor(n, width)}, ...}`` (A1111's own training output, ``.pt``);
+- ``{'string_to_param': {'*': tensor(n, width)}, ...}`` (A1111's own training output, ``.pt``; the original
+  textual-inversion code saved it as a ``torch.nn.ParameterDict``);
 - ``{'clip_l': tensor(n, 768), 'clip_g': tensor(n, 1280)}`` (SDXL, usually ``.safetensors``);
 - a dict with one tensor, e.g. ``{'emb_params': tensor(n, width)}`` (kohya ``.safetensors``) or diffusers'
   ``{'<token>': tensor(width)}`` (``.bin``); a 1-D tensor is one vector.
@@ -93,7 +95,7 @@ def embedding_from_data(data, name: str, path) -> Embedding:
     step = data.get("step") if isinstance(data.get("step"), int) else None
     if "string_to_param" in data:
         params = data["string_to_param"]
-        if not isinstance(params, dict) or len(params) != 1:
+        if not isinstance(params, (dict, torch.nn.ParameterDict)) or len(params) != 1:
             raise ModelLoadError(path, "string_to_param must hold exactly one tensor (the file has several terms)")
         vectors = {SINGLE: _tensor(next(iter(params.values())), path, "string_to_param")}
     elif "clip_l" in data and "clip_g" in data:
@@ -126,7 +128,9 @@ def load_embedding(path, name: str | None = None, hash: bool = True) -> Embeddin
 
             data = load_file(str(path), device="cpu")
         elif suffix in (".pt", ".bin"):
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
+            from nbdiffuse.models.state_dict import load_pickle
+
+            data = load_pickle(path)
         else:
             raise ModelLoadError(path, f"unsupported embedding file type {suffix!r} (expected {', '.join(EXTENSIONS)})")
     except ModelLoadError:
