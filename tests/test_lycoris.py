@@ -119,6 +119,7 @@ def test_lokr_forms_merge_by_block_kronecker_products_and_restore(tmp_path):
     key_q, key_k, key_conv, key_te = (f"lora_unet_{TB}_attn1_to_q", f"lora_unet_{TB}_attn1_to_k",
                                       "lora_unet_input_blocks_1_0_in_layers_2",  # LDM name of resnets.0.conv1
                                       "lora_te_text_model_encoder_layers_1_mlp_fc1")
+    key_flat = "lora_unet_down_blocks_1_resnets_0_conv1"
     t = {
         # full w1 (4x4) x low-rank w2 (8x8 from r=2), alpha 1 -> scale 1/2
         f"{key_q}.lokr_w1": rand(4, 4, seed=1), f"{key_q}.lokr_w2_a": rand(8, 2, seed=2),
@@ -132,22 +133,29 @@ def test_lokr_forms_merge_by_block_kronecker_products_and_restore(tmp_path):
         # text encoder fc1 64x32: low-rank w1 (r=1) x full w2 -> dim from lokr_w1_b
         f"{key_te}.lokr_w1_a": rand(4, 1, seed=10), f"{key_te}.lokr_w1_b": rand(1, 2, seed=11),
         f"{key_te}.lokr_w2": rand(16, 16, seed=12), f"{key_te}.alpha": 0.5,
+        # conv 3x3 32->64, fp16 file: w1 (4x4) x low-rank w2 stored flat (16 x 8*3*3, r=2), no alpha
+        f"{key_flat}.lokr_w1": rand(4, 4, seed=13).half(), f"{key_flat}.lokr_w2_a": rand(16, 2, seed=14).half(),
+        f"{key_flat}.lokr_w2_b": rand(2, 8 * 9, seed=15).half(),
     }
     lora = load_lora(save(tmp_path / "lokr.safetensors", t))
     assert {m.kind for m in lora.modules.values()} == {"lokr"} and lora.unsupported == {}
     bundle = tiny_sd1()
     attn = bundle.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
     layers = {key_q: attn.to_q, key_k: attn.to_k, key_conv: bundle.unet.down_blocks[0].resnets[0].conv1,
-              key_te: bundle.text_encoders[0].encoder.layers[1].mlp.fc1}
+              key_te: bundle.text_encoders[0].encoder.layers[1].mlp.fc1,
+              key_flat: bundle.unet.down_blocks[1].resnets[0].conv1}
     originals = {k: m.weight.detach().clone() for k, m in layers.items()}
     handle, before = merged(bundle, [(lora, 0.5, 2.0)])
     p = {k: v for k, v in t.items() if isinstance(v, torch.Tensor)}
+    f32 = lambda name: p[name].float()  # noqa: E731
     want = {
         key_q: kron(p[f"{key_q}.lokr_w1"], matmul(p[f"{key_q}.lokr_w2_a"], p[f"{key_q}.lokr_w2_b"])) * 0.5 * 0.5,
         key_k: kron(p[f"{key_k}.lokr_w1"], p[f"{key_k}.lokr_w2"]) * 1.0 * 0.5,
         key_conv: kron(p[f"{key_conv}.lokr_w1"], tucker(p[f"{key_conv}.lokr_t2"], p[f"{key_conv}.lokr_w2_a"],
                                                          p[f"{key_conv}.lokr_w2_b"])) * 1.5 * 0.5,
         key_te: kron(matmul(p[f"{key_te}.lokr_w1_a"], p[f"{key_te}.lokr_w1_b"]), p[f"{key_te}.lokr_w2"]) * 0.5 * 2.0,
+        key_flat: kron(f32(f"{key_flat}.lokr_w1"),
+                       matmul(f32(f"{key_flat}.lokr_w2_a"), f32(f"{key_flat}.lokr_w2_b")).reshape(16, 8, 3, 3)) * 0.5,
     }
     for key, delta in want.items():
         torch.testing.assert_close(layers[key].weight, originals[key] + delta, rtol=1e-5, atol=1e-6)
