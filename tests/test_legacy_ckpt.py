@@ -121,3 +121,19 @@ def test_original_textual_inversion_embedding_with_a_parameter_dict_loads(tmp_pa
     torch.save({"string_to_token": {"*": 265}, "string_to_param": params}, tmp_path / "old_ti.pt")
     emb = load_embedding(tmp_path / "old_ti.pt", hash=False)
     assert torch.equal(next(iter(emb.vectors.values())), vec)
+
+
+def test_a_pt_lora_goes_through_the_same_allow_list(tmp_path):
+    """A LoRA saved as .pt with numpy objects beside its tensors loads; one whose pickle runs a command is refused."""
+    from nbdiffuse.models.lora import load_lora
+
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    tensors = {f"{key}.lora_down.weight": torch.randn(4, 32), f"{key}.lora_up.weight": torch.randn(32, 4),
+               f"{key}.alpha": torch.tensor(4.0)}
+    torch.save({**tensors, "epoch": np.float64(3.0)}, tmp_path / "old.pt")
+    assert key in load_lora(tmp_path / "old.pt", hash=False).modules
+    marker = tmp_path / "pwned.txt"
+    torch.save({**tensors, "hook": RunsCommand(subprocess.call, (["touch", str(marker)],))}, tmp_path / "evil.pt")
+    with pytest.raises(ModelLoadError, match="refused"):
+        load_lora(tmp_path / "evil.pt", hash=False)
+    assert not marker.exists()

@@ -63,6 +63,7 @@ import torch
 from nbdiffuse.models.errors import ModelLoadError
 from nbdiffuse.models.hashing import addnet_hash, hashes_field, sha256
 from nbdiffuse.models.keymap import unet_ldm_prefixes, unet_name_to_ldm
+from nbdiffuse.models.state_dict import load_pickle
 
 __all__ = ["LoRA", "LoraHandle", "LoraModule", "LoraWeights", "addnet_hash", "apply_loras", "check_lora",
            "load_lora", "lora_hashes", "lora_key_map", "lora_tag_weights"]
@@ -320,10 +321,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             raise ModelLoadError(path, f"not a readable safetensors file ({e})") from e
         return tensors, metadata
     if path.suffix.lower() in (".pt", ".ckpt", ".bin"):
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ModelLoadError(path, f"cannot be read safely with torch.load(weights_only=True) ({e})") from e
+        data = load_pickle(path)  # the allow-list of old checkpoints; anything else is refused, naming it
         if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
             data = data["state_dict"]
         if not isinstance(data, dict):
