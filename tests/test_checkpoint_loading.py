@@ -421,3 +421,61 @@ def test_switching_frees_the_previous_model(files, tmp_path):
     s.unload()
     gc.collect()
     assert all(r() is None for r in refs[-1])
+
+
+def test_modules_are_built_without_running_weight_initialisers(files, monkeypatch):
+    """Every weight comes from the file: the initialisers would only cost time (half the build, measured)."""
+    calls = []
+    for name in ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "constant_", "xavier_uniform_"):
+        monkeypatch.setattr(torch.nn.init, name, lambda *a, _n=name, **k: calls.append(_n))
+    _, path = files["sdxl"]
+    b = load_checkpoint(path, hash=False)
+    assert not calls
+    assert not any(p.is_meta for m in (b.unet, b.vae, *b.text_encoders) for p in m.parameters())
+    ids = next(v for k, v in b.text_encoders[0].named_buffers() if k.endswith("position_ids"))  # from arange
+    assert torch.equal(ids, torch.arange(ids.shape[-1]).expand_as(ids))
+
+
+def test_import_stage_is_reported_apart_from_read(files):
+    from nbdiffuse.models.checkpoint import import_model_classes, import_model_classes_in_background
+
+    import_model_classes_in_background()  # already imported here: starts nothing, and the load does not wait
+    import_model_classes()
+    _, path = files["sd1"]
+    t = load_checkpoint(path, hash=False).info["timings"]
+    assert t["import"] < 0.05 and set(t) >= {"import", "read", "build", "apply"}
+
+
+def test_unload_without_a_model_skips_the_full_collection(monkeypatch, files):
+    import nbdiffuse.session as session_module
+    from nbdiffuse import Session
+
+    calls = []
+    monkeypatch.setattr(session_module.gc, "collect", lambda *a: calls.append(a) or 0)
+    s = Session(device="cpu", outputs_dir=None, progress=False)
+    s.unload()
+    assert not calls  # nothing was loaded: nothing to collect
+    s.load(files["sd1"][1], hash=False)
+    s.unload()
+    assert calls and s.model is None
+
+
+def test_a_session_imports_the_model_classes_in_the_background(files):
+    """In a fresh process Session() starts the import; an import of the same modules on the main thread meanwhile
+    waits for it (no half-initialised module), and the load then finds them imported."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, threading
+import nbdiffuse
+s = nbdiffuse.Session(device="cpu", outputs_dir=None, progress=False)
+assert any(t.name == "nbdiffuse-imports" for t in threading.enumerate()), "no background import"
+from diffusers import UNet2DConditionModel, AutoencoderKL
+from transformers import CLIPTextModel
+m = s.load({str(files["sd1"][1])!r}, hash=False)
+print(m.info["timings"]["import"] < 0.5, UNet2DConditionModel.__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["True", "UNet2DConditionModel"]

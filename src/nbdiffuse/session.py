@@ -19,7 +19,15 @@ from .jobs.result import Result
 from .jobs.txt2img import txt2img_steps
 from .jobs.upscalers import Upscalers
 from .models.bundle import ModelBundle
-from .models.memory import VAE_TILING, MemoryPlan, Offload, check_memory_mode, offloads, plan_memory
+from .models.memory import (
+    VAE_TILING,
+    MemoryPlan,
+    Offload,
+    check_memory_mode,
+    offloads,
+    plan_memory,
+    return_freed_heap,
+)
 from .models.precision import Policy, apply_policy, choose_dtypes, loading_dtypes
 from .prompts.conditioning import TextEncoder, TokenCount, count_tokens
 from .sampling.base import StepState
@@ -179,6 +187,9 @@ class Session:
         self.memory_plan: MemoryPlan
         self.vae_tiling = vae_tiling
         self.memory = memory
+        from .models.checkpoint import import_model_classes_in_background
+
+        import_model_classes_in_background()  # the first load() needs them: several seconds of imports
 
     # models -----------------------------------------------------------------------------------------------
     @property
@@ -413,9 +424,9 @@ class Session:
         self.encoder = None
         self._original_vae = None
         self.upscalers.free()
-        if not had:
-            return  # nothing to free: a full collection costs ~0.25 s for nothing
-        gc.collect()
+        if had:  # a full collection costs ~0.25 s, for nothing when nothing was loaded
+            gc.collect()
+        return_freed_heap()  # the freed model's heap, or a first model's construction garbage
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -11,6 +11,7 @@ from .._lazy import lazy_exports
 _LAZY = {
     "ModelBundle": ".bundle", "ModelLoadError": ".errors",
     "load_checkpoint": ".checkpoint", "inspect_checkpoint": ".checkpoint", "load_vae": ".checkpoint",
+    "import_model_classes": ".checkpoint",  # a first load's import stage, done ahead (warm a process, time loads)
     "save_checkpoint": ".save",
     # tiny random models of the real architectures, built from config in a second (tests, teaching, benchmarks)
     "tiny_sd1": "..testing", "tiny_sd2": "..testing", "tiny_sdxl": "..testing",

@@ -18,6 +18,9 @@ file, before any module is built.
 
 from __future__ import annotations
 
+import _imp
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -226,10 +229,46 @@ def inspect_checkpoint(path, *, sd: StateDict | None = None) -> CheckpointPlan:
             from e
 
 
+_importing: threading.Thread | None = None  # import_model_classes_in_background's thread
+
+
+def import_model_classes_in_background() -> None:
+    """Start :func:`import_model_classes` in a daemon thread, once per process, unless they are imported already:
+    a Session does, so that a load a few seconds later finds them imported."""
+    global _importing
+    if _importing is None and "diffusers.models.unets.unet_2d_condition" not in sys.modules:
+        _importing = threading.Thread(target=_import_quietly, name="nbdiffuse-imports", daemon=True)
+        _importing.start()
+
+
+def _import_quietly() -> None:
+    # Holding the global import lock throughout makes another thread's import of a module not yet imported wait
+    # until this one is done: two threads importing diffusers' circular modules at once could otherwise get a
+    # half-initialised module or a deadlock error.
+    _imp.acquire_lock()
+    try:
+        _import_model_classes()
+    except Exception:  # noqa: BLE001 - the load imports them again and reports the error there
+        pass
+    finally:
+        _imp.release_lock()
+
+
 def import_model_classes() -> None:
     """Import the diffusers/transformers classes a checkpoint is built from (the load's ``import`` stage: several
     seconds the first time in a process, since diffusers imports torch._dynamo and transformers' model stack
-    with them)."""
+    with them). Waits for a background import started by :func:`import_model_classes_in_background` rather than
+    importing the same modules from two threads at once.
+
+    >>> from nbdiffuse.models import import_model_classes
+    >>> import_model_classes()   # later loads in this process report ``import: 0.0s``
+    """
+    if _importing is not None:
+        _importing.join()
+    _import_model_classes()
+
+
+def _import_model_classes() -> None:
     import accelerate  # noqa: F401
     from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
     from transformers import CLIPTextModel, CLIPTextModelWithProjection  # noqa: F401

@@ -15,6 +15,7 @@ On the CPU every mode is ``"full"``: the model is in RAM whatever the mode, so t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,6 +106,15 @@ class MemoryPlan:
     def __str__(self) -> str:
         why = f"{self.requested}: {self.reason}" if self.requested == "auto" else self.reason
         return f"memory: {self.mode}" + (f" ({why})" if why else "")
+
+
+def return_freed_heap() -> None:
+    """Give the C heap's freed pages back to the OS (glibc's ``malloc_trim``; nothing elsewhere). Without it a
+    freed model's many small allocations stay in the process's RSS (0.3-0.5 GB per SDXL switch measured)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def offloads(device: torch.device) -> bool:
