@@ -15,6 +15,7 @@ config folder (configs + tokenizers, no weights) written from the same configs, 
   dtype=float16)`` to the end of ``load(file, hash=False)`` (target: <= 3x cat + 1 s), with its report line (the
   ``import`` stage is the first import of the diffusers/transformers model classes); and the same with 5 s
   between ``Session()`` and ``load()``, not counted (a notebook: the Session imports them in the background);
+  and the same with ``load(file)`` hashing (empty hash cache: the first-time hash runs in the background);
 - imports out of the timing: ours (``load_checkpoint(dtype=float16, hash=False)`` after
   ``nbdiffuse.models.import_model_classes()``) vs diffusers (``StableDiffusion[XL]Pipeline.from_single_file(
   path, config=<folder>, local_files_only=True, torch_dtype=float16)`` after importing the pipeline class), each in a
@@ -243,7 +244,7 @@ session_s = time.perf_counter() - t
 pause = float(sys.argv[2])
 time.sleep(pause)  # a notebook: the user picks the file in another cell (the Session imports meanwhile)
 t1 = time.perf_counter()
-m = s.load(sys.argv[1], hash=False)
+m = s.load(sys.argv[1], hash=sys.argv[3] == "hash")
 print(json.dumps({"loader": "fresh", "load_s": time.perf_counter() - t1 + session_s, "session_s": session_s,
                   "pause": pause, "report": m.info["report"], "timings": m.info["timings"]}))
 """
@@ -275,8 +276,9 @@ print(json.dumps({"loader": "switch", "rows": rows}))
 def run_child(loader, path, config, arch, timeout=900) -> dict:
     cmd = [sys.executable, __file__, "--child", loader, "--file", str(path), "--config", str(config),
            "--arch", arch]
-    if loader.startswith("fresh"):  # "fresh" or "fresh+5": seconds between Session() and load()
-        cmd = [sys.executable, "-c", FRESH, str(path), loader.partition("+")[2] or "0"]
+    if loader.startswith("fresh"):  # "fresh", "fresh+5" (seconds between Session() and load()), "fresh-hash"
+        cmd = [sys.executable, "-c", FRESH, str(path), loader.partition("+")[2] or "0",
+               "hash" if loader == "fresh-hash" else "no"]
     elif loader == "switch":
         cmd = [sys.executable, "-c", SWITCH, *map(str, path)]
     with tempfile.TemporaryDirectory(prefix="nbdiffuse-bench-cache-") as cache:
@@ -357,7 +359,7 @@ def main() -> None:
             print(f"  first-time hash (synchronous load_checkpoint(hash=True)): ours {h['hash_s']:.2f}s = "
                   f"{size / h['hash_s'] / 1e6:.0f} MB/s,\n    plain hashlib "
                   f"{plain_s:.2f}s = {size / plain_s / 1e6:.0f} MB/s")
-        results = {"fresh": [], "fresh+5": [], "ours": [], "diffusers": []}
+        results = {"fresh": [], "fresh+5": [], "fresh-hash": [], "ours": [], "diffusers": []}
         for _ in range(args.repeats):
             for loader in results:
                 r = run_child(loader, path, cfg, arch)
@@ -377,7 +379,7 @@ def main() -> None:
         ok = {k: sorted(r["load_s"] for r in v if "error" not in r) for k, v in results.items()}
         best = {k: min((r for r in v if "error" not in r), key=lambda r: r["load_s"], default=None)
                 for k, v in results.items()}
-        f, f5, o, d = best["fresh"], best["fresh+5"], best["ours"], best["diffusers"]
+        f, f5, fh, o, d = best["fresh"], best["fresh+5"], best["fresh-hash"], best["ours"], best["diffusers"]
         cat = min(cats)
         lines = [f"summary {arch}: file {size / 1e9:.2f} GB, cat {cat:.2f}s"]
         if f:
@@ -387,6 +389,9 @@ def main() -> None:
         if f5:
             lines.append(f"  the same with 5 s between Session() and load() (not counted): best {f5['load_s']:.2f}s, "
                          f"median {ok['fresh+5'][len(ok['fresh+5']) // 2]:.2f}s")
+        if fh:
+            lines.append(f"  the same with load(file) hashing (a cold hash cache): best {fh['load_s']:.2f}s "
+                         f"[{fh['report']}]")
         if o:
             lines.append(f"  ours (imports out): {o['load_s']:.2f}s; peak RSS / file = "
                          f"{o['peak_after_touch'] / size:.2f} absolute, "
