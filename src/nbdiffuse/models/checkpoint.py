@@ -3,8 +3,9 @@
 :func:`load_checkpoint` reads a ``.safetensors`` file memory-mapped (safetensors ``safe_open``: every tensor is a
 view of one private file mapping, no second copy) or a ``.ckpt``/``.pt`` file only through
 ``torch.load(weights_only=True, mmap=True)`` (nothing from a pickle is executed; anything but tensors, plain
-containers and the numpy/pytorch-lightning objects of old training runs is refused). It infers the architecture from the state dict's keys and shapes, builds the
-diffusers/transformers modules on the meta device (no random initialisation) and assigns the file's tensors
+containers and the numpy/pytorch-lightning objects of old training runs is refused). It infers the architecture
+from the state dict's keys and shapes, builds the diffusers/transformers modules on the meta device (no random
+initialisation) and assigns the file's tensors
 (``load_state_dict(assign=True)``), converted only where dtype/device/layout require it.
 
 Reading: :mod:`.state_dict`; architecture inference (family, configs, prediction type): :mod:`.architecture`;
