@@ -119,5 +119,8 @@ def test_a_vae_loaded_later_gets_the_sessions_attention(session):
         assert _processors(session.model.vae) == {"AttnProcessor"}
         session.load_vae(None)  # the checkpoint's own again
         assert _processors(session.model.vae) == {"AttnProcessor"}
+        line = session.model.info["load_line"]  # the load line still says all of it, once
+        assert line.count("attention plain") == 1 and "Precision:" in line and line.endswith(
+            session.model.info["memory"])
     finally:
         session.set_attention("sdpa")

@@ -206,10 +206,18 @@ class Session:
                              self._overrides, bundle.unet.config if bundle is not None else None)
 
     def _apply_precision(self, bundle: ModelBundle) -> None:
-        """Cast the components as the policy says for this model, and say it in ``info["load_line"]``."""
-        policy = self._policy(bundle)
-        apply_policy(bundle, policy, self._load_device())  # _apply_memory puts it on the device
-        bundle.info["load_line"] = "; ".join(part for part in (bundle.info.get("report"), policy.describe()) if part)
+        """Cast the components as the policy says for this model (recorded in ``info["precision"]``)."""
+        apply_policy(bundle, self._policy(bundle), self._load_device())  # _apply_memory puts it on the device
+
+    @staticmethod
+    def _say_loaded(bundle: ModelBundle) -> None:
+        """``info["load_line"]``: the loader's timings, then the precision, attention and memory the model runs
+        with now (what :meth:`load`, :meth:`load_vae`, :meth:`set_attention` and ``memory = ...`` recorded)."""
+        precision = bundle.info.get("precision")
+        attention = bundle.info.get("attention")
+        parts = (bundle.info.get("report"), precision.describe() if isinstance(precision, Policy) else None,
+                 f"attention {attention}" if attention else None, bundle.info.get("memory"))
+        bundle.info["load_line"] = "; ".join(part for part in parts if part)
 
     @property
     def memory(self) -> str:
@@ -272,11 +280,8 @@ class Session:
             self._offload = Offload(bundle, plan.mode, self.device)
             bundle.execution_device = self.device
         bundle.vae_tiling = self._vae_tiling
-        line, old = bundle.info.get("load_line") or "", bundle.info.get("memory")
-        if old and line.endswith(old):
-            line = line[:-len(old)].rstrip("; ")
         bundle.info["memory"] = str(plan)
-        bundle.info["load_line"] = "; ".join(part for part in (line, str(plan)) if part)
+        self._say_loaded(bundle)
 
     @property
     def folders(self):
@@ -442,8 +447,6 @@ class Session:
         from .models.compile import compile_unet
 
         set_attention(bundle, self.attention, self.device)
-        bundle.info["load_line"] = "; ".join(p for p in (bundle.info.get("load_line"), f"attention {self.attention}")
-                                             if p)
         if self._compile_options is not None:
             bundle.info["compile"] = compile_unet(bundle.unet, **self._compile_options)
 
@@ -460,6 +463,7 @@ class Session:
         self.attention = check_attention(name, self.device)
         if self.model is not None:
             set_attention(self.model, name, self.device)
+            self._say_loaded(self.model)
         return name
 
     @_exclusive("compiling the UNet")
