@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from .io.infotext import build_fields, format, parse, png_info, read_png
-from .io.keys import EXPECTED, INFOTEXT_FIELDS, SPECIAL_KEYS
+from .io.keys import (
+    EXPECTED,
+    INFOTEXT_FIELDS,
+    INPAINT_DEFAULTS,
+    SOFT_INPAINTING_ENABLED,
+    SOFT_INPAINTING_KEYS,
+    SPECIAL_KEYS,
+)
 
 # A1111's parse reads a size only as WIDTHxHEIGHT; "Seed resize from: -1x-1" (off) is read too.
 _RE_SIZE = re.compile(r"^(-?\d+)x(-?\d+)$")
@@ -40,6 +47,26 @@ def _sampler_and_scheduler(name: str, schedule: Any) -> tuple[str, str]:
     if glued is None:
         return sampler, explicit or "Automatic"
     return sampler, "Automatic" if glued == SAMPLERS[sampler].default_scheduler else glued
+
+
+def _inpainting_params(res: Mapping[str, Any], params: dict[str, Any]) -> None:
+    """An inpainting infotext's fields: the keys A1111 left out at its defaults read as its parse assumes them
+    (Masked content "original", Inpaint area "Whole picture", padding 32), and Soft inpainting's settings."""
+    if any(key in res for key in ("Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding")):
+        for key, value in INPAINT_DEFAULTS.items():
+            if res.get(key) is None:
+                name, convert = INFOTEXT_FIELDS[key]
+                params[name] = convert(value)
+    enabled = res.get(SOFT_INPAINTING_ENABLED)
+    if enabled is not None and str(enabled).strip().lower() == "true":
+        soft = {}
+        for name, key in SOFT_INPAINTING_KEYS.items():
+            if res.get(key) is not None:
+                try:
+                    soft[name] = float(res[key])
+                except (TypeError, ValueError):
+                    raise ValueError(f"Infotext {key}: {_shown(res[key])} is not a number.") from None
+        params["soft_inpainting"] = soft
 
 
 def to_params(text_or_dict: str | bytes | Mapping[str, Any], styles: Mapping[str, Any] | None = None
@@ -112,6 +139,7 @@ def to_params(text_or_dict: str | bytes | Mapping[str, Any], styles: Mapping[str
     elif hr_schedule and str(hr_schedule).strip() != "Use same scheduler":
         params["hr_scheduler"] = str(hr_schedule).strip()
 
+    _inpainting_params(res, params)
     # Pre-1.0 "First pass size" infotexts arrive here as Size = first pass, Hires resize = final size (see parse).
     # A resize of 0x0 is A1111's "no resize" default (parse(..., defaults=True)), not a second pass.
     if "hr_scale" in params or params.get("hr_resize_x") or params.get("hr_resize_y"):

@@ -726,13 +726,15 @@ class Session:
 
         return self._held("a txt2img job", build)
 
-    def _img2img_job(self, init_images, params: dict, hooks: Sequence[Hook] | None, preview: int | None = None):
+    def _img2img_job(self, init_images, params: dict, hooks: Sequence[Hook] | None, preview: int | None = None,
+                     mask=None, latent_mask=None):
         from .jobs.img2img import img2img_steps
 
         def build():
             p = self._params(params)
             bundle, kw = self._start(hooks, preview)
-            return p, self._with_networks(p, img2img_steps(bundle, p, self.encoder, init_images, **kw))
+            return p, self._with_networks(p, img2img_steps(bundle, p, self.encoder, init_images, mask=mask,
+                                                           latent_mask=latent_mask, **kw))
 
         return self._held("an img2img job", build)
 
@@ -744,13 +746,20 @@ class Session:
         p, gen = self._txt2img_job(params, hooks, preview)
         return self._run(gen, p.total_steps, p.sampler_name)
 
-    def img2img(self, init_images=None, *, hooks: Sequence[Hook] | None = None, preview: int | None = None,
-                **params) -> Result:
+    def img2img(self, init_images=None, *, mask=None, hooks: Sequence[Hook] | None = None,
+                preview: int | None = None, **params) -> Result:
         """img2img from PIL images (or paths) with A1111's fields (``denoising_strength``, ``resize_mode``,
         ``extra_noise``, ...); images are saved under ``img2img-images/``. The init images are resized to
         ``width x height`` as in A1111, and those default, as in txt2img, to the model's native size (not to the
-        init image's size: pass ``width=image.width, height=image.height`` to keep it)."""
-        p, gen = self._img2img_job(init_images, params, hooks, preview)
+        init image's size: pass ``width=image.width, height=image.height`` to keep it).
+
+        ``mask`` (a PIL image, an array, a file; white = inpaint; :mod:`nbdiffuse.masks` draws them) makes it
+        A1111's inpainting, with its fields and their API defaults: ``mask_blur=4``, ``inpainting_fill=0`` (fill;
+        1 original, 2 latent noise, 3 latent nothing), ``inpaint_full_res=True`` (only masked) with
+        ``inpaint_full_res_padding=0``, ``inpainting_mask_invert=0``, ``initial_noise_multiplier``,
+        ``inpainting_mask_weight`` (inpainting checkpoints) and ``soft_inpainting`` (True or its settings).
+        ``result.inpaint`` keeps the processed masks (:func:`nbdiffuse.viz.show_mask`)."""
+        p, gen = self._img2img_job(init_images, params, hooks, preview, mask=mask)
         return self._run(gen, p.steps * p.n_iter, p.sampler_name)
 
     def loopback(self, init_images=None, *, loops: int = 4, final_denoising_strength: float = 0.5,
@@ -789,11 +798,11 @@ class Session:
         _, gen = self._held("a hires fix job", build)
         return self._run(gen, result.params.hr_steps_used, "Hires fix")
 
-    def steps(self, *, init_images=None, hooks: Sequence[Hook] | None = None, **params) -> StepRun:
-        """A generation (txt2img, or img2img with ``init_images``) as a :class:`StepRun` you drive with
-        ``next()``: no threads, no polling."""
+    def steps(self, *, init_images=None, mask=None, hooks: Sequence[Hook] | None = None, **params) -> StepRun:
+        """A generation (txt2img, or img2img with ``init_images``, inpainting with a ``mask`` too) as a
+        :class:`StepRun` you drive with ``next()``: no threads, no polling."""
         if init_images is not None:
-            return StepRun(self._img2img_job(init_images, params, hooks)[1])
+            return StepRun(self._img2img_job(init_images, params, hooks, mask=mask)[1])
         return StepRun(self._txt2img_job(params, hooks)[1])
 
     # the open loop ------------------------------------------------------------------------------------------

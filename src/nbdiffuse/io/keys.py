@@ -17,7 +17,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ETA_DDIM", "EXPECTED", "INFOTEXT_FIELDS", "KEY_OF", "SPECIAL_KEYS", "VAE_TILING_KEY"]
+__all__ = ["ETA_DDIM", "EXPECTED", "INFOTEXT_FIELDS", "INPAINT_DEFAULTS", "KEY_OF", "SOFT_INPAINTING_ENABLED",
+           "SOFT_INPAINTING_KEYS", "SPECIAL_KEYS", "VAE_TILING_KEY"]
 
 
 def _bool(v: Any) -> bool:
@@ -65,6 +66,27 @@ def _styles(v: Any) -> list[str]:
     return [str(s) for s in v]
 
 
+def _choice(*words: str) -> Callable[[Any], int]:
+    """A1111's radio value as the index its API takes (``Masked content: latent noise`` -> 2)."""
+    def convert(v: Any) -> int:
+        if isinstance(v, str) and v.strip() in words:
+            return words.index(v.strip())
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(words):
+            return v
+        raise ValueError(v)
+
+    convert.expected = " or ".join(words)
+    return convert
+
+
+def _inpaint_area(v: Any) -> bool:
+    return bool(_INPAINT_AREA(v))
+
+
+_INPAINT_AREA = _choice("Whole picture", "Only masked")
+_MASK_MODE = _choice("Inpaint masked", "Inpaint not masked")
+_MASKED_CONTENT = _choice("fill", "original", "latent noise", "latent nothing")
+
 # infotext key -> (API field, converter). "Eta" is listed after "Eta DDIM" so it wins when both appear.
 INFOTEXT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Prompt": ("prompt", _str),
@@ -97,13 +119,38 @@ INFOTEXT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Tiling": ("tiling", _bool),
     "Styles array": ("styles", _styles),
     "Emphasis": ("emphasis", _str),
+    # inpainting (A1111 writes them only when they differ from its defaults; to_params fills those in)
+    "Mask blur": ("mask_blur", _int),
+    "Mask mode": ("inpainting_mask_invert", _MASK_MODE),
+    "Inpaint area": ("inpaint_full_res", _inpaint_area),
+    "Masked area padding": ("inpaint_full_res_padding", _int),
+    "Masked content": ("inpainting_fill", _MASKED_CONTENT),
+    "Noise multiplier": ("initial_noise_multiplier", _float),
+    "Conditional mask weight": ("inpainting_mask_weight", _float),
+}
+
+#: What A1111's parse assumes for the inpainting keys a text lacks (``infotext_utils.py``): its UI's defaults.
+INPAINT_DEFAULTS: dict[str, Any] = {
+    "Mask mode": "Inpaint masked", "Masked content": "original", "Inpaint area": "Whole picture",
+    "Masked area padding": 32,
+}
+#: A1111's Soft inpainting script: ``Soft inpainting enabled: True`` and one key per setting (its script's names).
+SOFT_INPAINTING_ENABLED = "Soft inpainting enabled"
+SOFT_INPAINTING_KEYS: dict[str, str] = {
+    "mask_blend_power": "Soft inpainting schedule bias",
+    "mask_blend_scale": "Soft inpainting preservation strength",
+    "inpaint_detail_preservation": "Soft inpainting transition contrast boost",
+    "composite_mask_influence": "Soft inpainting mask influence",
+    "composite_difference_threshold": "Soft inpainting difference threshold",
+    "composite_difference_contrast": "Soft inpainting difference contrast",
 }
 
 
 # What each converter accepts, for the error message.
 EXPECTED: dict[Callable[[Any], Any], str] = {
     _int: "a whole number", _float: "a finite number", _float_or_inf: "a number (inf: no limit)",
-    _bool: "True or False", _styles: "a JSON list of style names",
+    _bool: "True or False", _styles: "a JSON list of style names", _inpaint_area: _INPAINT_AREA.expected,
+    _MASK_MODE: _MASK_MODE.expected, _MASKED_CONTENT: _MASKED_CONTENT.expected,
 }
 
 #: Fields whose key needs more than a converter to read (see the module's docstring): field -> key.

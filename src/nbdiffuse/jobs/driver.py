@@ -155,10 +155,64 @@ class PassPlan:
     # Where the latents live. ``sigmas`` stay on the CPU: a sampler reads them on the host every step (float(),
     # comparisons), which for GPU sigmas would wait for the GPU each time. None: sigmas' device.
     device: torch.device | None = None
+    # A1111's "Noise multiplier for img2img" (initial_noise_multiplier): the first noise draw is scaled by it.
+    noise_multiplier: float = 1.0
 
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
+
+
+@dataclass
+class LatentBlend:
+    """Inpainting's latent mask in the sampling loop (A1111's ``CFGDenoiser`` with ``p.mask``/``p.nmask``).
+
+    ``init`` are the clean init latents, ``nmask`` is 1 where the picture is inpainted (A1111's ``nmask``; its
+    ``mask`` is ``1 - nmask``), shaped to broadcast over ``init``. After every model call the k-diffusion samplers'
+    x0 prediction becomes ``denoised * nmask + init * (1 - nmask)``; the timestep samplers (DDIM, PLMS, UniPC:
+    A1111's ``mask_before_denoising``) blend the model's *input* the same way in their VP scale instead. After the
+    pass the latents are blended once more (:meth:`final`). With ``soft`` (A1111's Soft inpainting) each blend is
+    its magnitude-preserving mix with a mask that moves with sigma, and the final blend is skipped.
+    """
+
+    init: torch.Tensor
+    nmask: torch.Tensor
+    soft: object = None  # a SoftInpainting, or None
+
+    def __call__(self, current: torch.Tensor, sigma) -> torch.Tensor:
+        """The blend of one model call's ``current`` latent (A1111's ``apply_blend``); ``sigma`` is what A1111's
+        denoiser gets: the sigma, or a timestep sampler's timestep."""
+        init = self.init.to(device=current.device, dtype=current.dtype)
+        nmask = self.nmask.to(device=current.device, dtype=current.dtype)
+        if self.soft is None:
+            return current * nmask + init * (1 - nmask)
+        from .soft_inpainting import latent_blend, modified_nmask
+
+        s = float(sigma.reshape(-1)[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
+        return latent_blend(self.soft, init, current, modified_nmask(self.soft, nmask, s)).to(current.dtype)
+
+    def final(self, x: torch.Tensor) -> torch.Tensor:
+        """The blend after sampling (A1111's ``samples * nmask + init_latent * mask``; soft inpainting keeps the
+        samples as they are)."""
+        if self.soft is not None:
+            return x
+        init = self.init.to(device=x.device, dtype=x.dtype)
+        nmask = self.nmask.to(device=x.device, dtype=x.dtype)
+        return x * nmask + init * (1 - nmask)
+
+    def wrap(self, model: Callable, denoiser: Denoiser, before: bool) -> Callable:
+        """``model(x, sigma)`` with the blend: on its x0 prediction, or (``before``: the timestep samplers) on its
+        input in VP scale, the sampler's own ``x`` left as it is (A1111 computes eps from the blended input and
+        steps from its unblended ``x``)."""
+        if not before:
+            return lambda x, sigma: self(model(x, sigma), sigma)
+
+        def blended_input(x, sigma):
+            scale = (1 + sigma.reshape(-1)[0].float() ** 2) ** 0.5  # x = x_vp * sqrt(1 + sigma^2)
+            x_in = self(x / scale, denoiser.timestep(sigma.reshape(-1)[:1])) * scale
+            return model(x_in, sigma) + (x - x_in)  # the eps of the blended input, from the sampler's own x
+
+        return blended_input
 
 
 @dataclass
@@ -214,7 +268,8 @@ def checked_replacement(hook: Hook, out, state: StepState) -> torch.Tensor:
 def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds: Sequence[int],
              shape: Sequence[int], *, init: torch.Tensor | None = None, hooks: Sequence[Hook] = (),
              control: JobControl | None = None, progress: Progress | None = None,
-             extra: Mapping | None = None) -> Generator[StepState, None, PassOutcome]:
+             extra: Mapping | None = None, blend: LatentBlend | None = None
+             ) -> Generator[StepState, None, PassOutcome]:
     """Sample one batch: yields every step (hooks applied), returns a :class:`PassOutcome`.
 
     Noise comes from one generator per seed, drawn as ``plan.noise`` says (A1111's ImageRNG, recreated for every
@@ -227,6 +282,9 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
     noised to ``plan.noise_sigma`` (``x_vp = (init + noise * (noise_sigma + extra_noise)) / sqrt(1 +
     noise_sigma^2)``: A1111's ``x sqrt(abar) + noise sqrt(1 - abar) + noise * extra * sqrt(abar)``), and the pass
     returns their last latent in VP scale (A1111 decodes it, still slightly noisy), not the last x0 estimate.
+
+    ``blend`` (inpainting) blends every model call with the init latents (:class:`LatentBlend`) and the end result
+    once more; the first noise draw is scaled by ``plan.noise_multiplier``.
     """
     control = control or JobControl()
     spec, sigmas, how = plan.spec, plan.sigmas, plan.noise
@@ -236,6 +294,8 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
     rng = ImageNoise(shape, seeds, subseeds, how.subseed_strength, how.seed_resize_from, downscale=plan.downscale,
                      source=how.source, device=device)
     noise0 = rng.first().to(device)
+    if plan.noise_multiplier != 1.0:
+        noise0 = noise0 * plan.noise_multiplier
     if spec.grid is not None:
         x_vp = noise0
         if init is not None:
@@ -263,7 +323,8 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
     run_options = dict(plan.options)
     if spec.needs_uncond:
         run_options["uncond"] = lambda: guider.last_uncond
-    gen = spec.func(guider, x, sigmas, noise=noise, **run_options)
+    model = guider if blend is None else blend.wrap(guider, denoiser, before=spec.grid is not None)
+    gen = spec.func(model, x, sigmas, noise=noise, **run_options)
 
     t = time.perf_counter()
     state = None
@@ -313,6 +374,8 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
         guard.__exit__(None, None, None)
         gen.close()
         outcome.seconds = time.perf_counter() - t
+    if outcome.x is not None and blend is not None:
+        outcome.x = blend.final(outcome.x)
     if outcome.x is not None:
         bad = watch.first_bad(outcome.x, state.i if state is not None else 0)  # every element; one wait per pass
         if bad is not None:
@@ -333,13 +396,16 @@ def took(outcome: PassOutcome, notes: list[str], timings: dict) -> PassOutcome:
 
 def decode_and_save(bundle, x: torch.Tensor, seeds: Sequence[int], fields_for: Callable[[int], dict],
                     prompts: tuple[str, str], folder: str, outputs_dir, notes: list[str], timings: dict,
-                    control: JobControl | None = None) -> tuple[list[Image.Image], list[str], list[Path | None]]:
+                    control: JobControl | None = None,
+                    finish: Callable[[int, Image.Image], Image.Image] | None = None
+                    ) -> tuple[list[Image.Image], list[str], list[Path | None]]:
     """Decode one batch image by image, write each image's infotext (``fields_for(i)``) and save it under
     ``outputs_dir/folder``: ``(images, infotexts, paths)``.
 
     Finished images are never lost: a folder that cannot be written (read-only, full, a file in the way) leaves
     ``paths[i]`` None with one note naming the folder and the error, and the job goes on; a KeyboardInterrupt
     here sets ``control.interrupt`` and returns the images done so far (the lists are then shorter than ``x``).
+    ``finish(i, image)`` turns each decoded image into the one saved (inpainting's paste-back and overlay).
     """
     images, texts, paths = [], [], []
     target = Path(outputs_dir) / folder if outputs_dir is not None else None
@@ -348,6 +414,11 @@ def decode_and_save(bundle, x: torch.Tensor, seeds: Sequence[int], fields_for: C
             t = time.perf_counter()
             tiled = wants_vae_tiling(bundle.vae, x[i:i + 1].shape, getattr(bundle, "vae_tiling", "auto"))
             image = decode(bundle, x[i:i + 1], notes, tiled=tiled)[0]
+            if finish is not None:
+                upcast = image.info.get(UPCAST_INFO)
+                image = finish(i, image)
+                if upcast:
+                    image.info[UPCAST_INFO] = upcast
             timings["decode_s"] = timings.get("decode_s", 0.0) + time.perf_counter() - t
             fields = fields_for(i)
             if image.info.get(UPCAST_INFO):  # this image was decoded again: say in which dtype

@@ -23,13 +23,15 @@ from .params import GenerationParams
 
 def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: Callable, *,
                     job: str = "txt2img", denoising: float | None = None, extra: Mapping | None = None,
-                    encoder: TextEncoder | None = None) -> dict:
+                    encoder: TextEncoder | None = None, scripts: Mapping | None = None,
+                    inpaint: Mapping | None = None) -> dict:
     """A1111's parameter line for one image, in A1111's key order.
 
     ``job`` is "txt2img" (hires fields when ``p.enable_hr``), or "img2img" (``Denoising strength`` and
     ``Extra noise``); ``denoising`` is the strength actually used; ``extra`` adds fields (loopback's) after the
     job's own. LoRAs merged into ``bundle`` for this job give ``Lora hashes``; embeddings ``encoder`` used give
-    ``TI hashes``.
+    ``TI hashes``. ``scripts`` are the fields A1111's always-on scripts add before the job's own (Soft inpainting),
+    ``inpaint`` those img2img adds after ``Denoising strength`` (mask, masked content, noise multiplier).
     """
     core = {
         K["steps"]: p.steps,
@@ -51,10 +53,11 @@ def infotext_fields(p: GenerationParams, bundle, seed: int, subseed: int, func: 
         K["clip_skip"]: p.clip_skip if p.clip_skip > 1 else None,
         K["tiling"]: True if p.tiling else None,
     }
-    fields: dict = {}
+    fields: dict = dict(scripts or {})
     hires = job == "txt2img" and p.enable_hr
     if hires or job == "img2img":
         fields[K["denoising_strength"]] = denoising
+    fields.update(inpaint or {})
     if hires:  # A1111's insertion order (txt2img init, then calculate_target_resolution)
         if p.hr_sampler_name is not None and p.hr_sampler_name != p.sampler_name:
             fields[K["hr_sampler_name"]] = p.hr_sampler_name

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Generator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,13 @@ from ..models.vae import encode
 from ..prompts.conditioning import TextEncoder
 from ..prompts.styles import Style
 from ..sampling.base import StepState
-from ..sampling.noise import fix_seed, image_seeds
+from ..sampling.noise import ImageNoise, fix_seed, image_seeds
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import TimestepGrid, compute_sigmas
 from .driver import (
     Hook,
     JobControl,
+    LatentBlend,
     Progress,
     applied_names,
     decode_and_save,
@@ -199,21 +201,63 @@ def init_latents(bundle, p: GenerationParams, images: Sequence[Image.Image]) -> 
     return z
 
 
-def img2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images, *, hooks: Sequence[Hook] = (),
-                  control: JobControl | None = None, outputs_dir: str | Path | None = None,
-                  progress: Progress | None = None,
+def img2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images, *, mask=None, latent_mask=None,
+                  hooks: Sequence[Hook] = (), control: JobControl | None = None,
+                  outputs_dir: str | Path | None = None, progress: Progress | None = None,
                   styles: Mapping[str, Style] | None = None,
                   infotext_extra: Mapping | None = None) -> Generator[StepState, None, Result]:
     """Run img2img for ``p`` from ``init_images`` on ``bundle``: yields every step, returns the :class:`Result`
-    (``p.denoising_strength`` None means 0.75). ``infotext_extra`` adds fields to every infotext."""
+    (``p.denoising_strength`` None means 0.75). ``infotext_extra`` adds fields to every infotext.
+
+    ``mask`` (white: inpaint) makes it A1111's inpainting, with ``p``'s mask fields (:mod:`nbdiffuse.masks`
+    prepares the mask and the picture); ``latent_mask`` is A1111's ``p.latent_mask`` (the outpainting scripts'
+    second mask, for the masked content and the latent blend). ``result.inpaint`` keeps each init image's
+    :class:`~nbdiffuse.masks.PreparedMask`."""
     p, images = prepare_init_images(p, init_images)
+    prepared = prepare_masks(p, images, mask, latent_mask, bundle.vae_scale_factor)
     with circular_padding(bundle, p.tiling):
-        return (yield from _img2img(bundle, p, encoder, images, hooks=hooks, control=control,
+        return (yield from _img2img(bundle, p, encoder, images, prepared, hooks=hooks, control=control,
                                     outputs_dir=outputs_dir, progress=progress, styles=styles,
                                     infotext_extra=infotext_extra))
 
 
-def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progress, styles, infotext_extra):
+def prepare_masks(p: GenerationParams, images: Sequence[Image.Image], mask, latent_mask, factor: int = 8):
+    """Each init image's :class:`~nbdiffuse.masks.PreparedMask` (A1111's mask part of img2img's ``init``), or None
+    without a mask. Checked before any model work."""
+    if mask is None:
+        if latent_mask is not None:
+            raise ValueError("latent_mask needs a mask: pass mask=... too (A1111 uses it only when inpainting).")
+        return None
+    from .. import masks
+
+    return [masks.prepare(image, mask, width=p.width, height=p.height, resize_mode=p.resize_mode,
+                          mask_blur_x=p.mask_blur_x, mask_blur_y=p.mask_blur_y, mask_round=p.mask_round,
+                          inpainting_mask_invert=p.inpainting_mask_invert, inpainting_fill=p.inpainting_fill,
+                          inpaint_full_res=p.inpaint_full_res, inpaint_full_res_padding=p.inpaint_full_res_padding,
+                          latent_mask=latent_mask, latent_size=(p.width // factor, p.height // factor))
+            for image in images]
+
+
+def inpaint_fields(p: GenerationParams, prepared) -> dict:
+    """The keys A1111's img2img ``init`` and ``sample`` add after ``Denoising strength``, in its order."""
+    fields: dict = {}
+    if prepared is not None:
+        if p.inpainting_mask_invert:
+            fields["Mask mode"] = "Inpaint not masked"
+        if p.mask_blur_x > 0 or p.mask_blur_y > 0:
+            fields["Mask blur"] = p.mask_blur  # None (not written) when x and y differ, as A1111's property
+        if prepared[0].mask is not None:  # not a blank "Only masked" mask (then A1111 falls back to img2img)
+            if p.inpaint_full_res:
+                fields["Inpaint area"] = "Only masked"
+                fields["Masked area padding"] = p.inpaint_full_res_padding
+            fields["Masked content"] = {0: "fill", 2: "latent noise", 3: "latent nothing"}.get(p.inpainting_fill)
+    if p.noise_multiplier != 1.0:
+        fields["Noise multiplier"] = p.noise_multiplier
+    return fields
+
+
+def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_dir, progress, styles,
+             infotext_extra):
     control = control or JobControl()
     start = time.perf_counter()
     timings = new_timings()
@@ -223,32 +267,87 @@ def _img2img(bundle, p, encoder, images, *, hooks, control, outputs_dir, progres
     styled_prompt, styled_negative, prompt, negative = styled_prompts(p, styles, notes, applied_names(bundle))
     seed, subseed = fix_seed(p.seed), fix_seed(p.subseed)
     all_seeds, all_subseeds = image_seeds(seed, subseed, p.subseed_strength, p.total_images)
+    inpainting = prepared is not None and prepared[0].mask is not None
+    if prepared is not None and prepared[0].comment:
+        notes.append(prepared[0].comment)
+    if prepared is not None and not inpainting:  # a blank mask with "Only masked": A1111's plain img2img
+        images = [prep.image for prep in prepared]
 
     t = time.perf_counter()
     sigmas = img2img_sigmas(p.scheduler_used, p.steps, denoising, bundle, spec)
     plan = plan_pass(bundle, p, encoder, prompt, negative, sigmas, name="img2img",
                      tree_sigmas=img2img_schedule(p.scheduler_used, p.steps, denoising, bundle, spec),
                      noise_sigma=img2img_noise_sigma(p.steps, denoising, bundle, spec), extra_noise=p.extra_noise)
-    init = init_latents(bundle, p, images)
+    plan = replace(plan, noise_multiplier=p.noise_multiplier)
+    init = init_latents(bundle, p, [prep.image for prep in prepared] if inpainting else images)
+    blend = None
+    if inpainting:
+        init, blend = masked_init(bundle, p, init, prepared, all_seeds)
     timings["encode_s"] += time.perf_counter() - t
     shape = tuple(init.shape[1:])
     denoiser = denoiser_for(bundle)
+    inpaint_extra = inpaint_fields(p, prepared)
+    scripts = p.soft_inpainting.infotext_fields() if inpainting and p.soft_inpainting is not None else {}
 
     def sample(n, seeds, subseeds):
         outcome = took((yield from run_pass(plan, denoiser, seeds, subseeds, shape, init=init, hooks=hooks,
-                                            control=control, progress=progress, extra={"iteration": n})),
+                                            control=control, progress=progress, extra={"iteration": n},
+                                            blend=blend)),
                        notes, timings)
         return outcome.x, outcome.interrupted
 
     def save(x, seeds, subseeds):
+        finish = overlay_for(p, prepared, x, init, blend) if inpainting else None
         return decode_and_save(bundle, x, seeds, lambda i: infotext_fields(
             p, bundle, seeds[i], subseeds[i], spec.func, job="img2img", denoising=denoising, extra=infotext_extra,
-            encoder=encoder), (styled_prompt, styled_negative), "img2img-images", outputs_dir, notes, timings,
-            control)
+            encoder=encoder, scripts=scripts, inpaint=inpaint_extra), (styled_prompt, styled_negative),
+            "img2img-images", outputs_dir, notes, timings, control, finish=finish)
 
     done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control, notes)
     finish_timings(timings, start, denoiser, bundle.device, notes)
-    return done.result(p, timings, notes, (0, *shape))
+    result = done.result(p, timings, notes, (0, *shape))
+    result.inpaint = prepared if inpainting else None
+    return result
+
+
+def masked_init(bundle, p: GenerationParams, init: torch.Tensor, prepared, all_seeds: Sequence[int]):
+    """The init latents with A1111's latent "Masked content" applied, and the :class:`LatentBlend` of the pass.
+
+    ``latent noise``: ``init * mask + noise * nmask``, the noise the *first* batch's seeds draw first (A1111 makes
+    it once for the job from ``all_seeds[0:batch]``: "this needs to be fixed", says its code); ``latent
+    nothing``: ``init * mask``. One latent mask for the batch (A1111's ``nmask``: one mask, every image)."""
+    latmask = torch.from_numpy(prepared[0].latent_mask).to(device=init.device, dtype=torch.float32)
+    nmask = latmask[None].expand(init.shape[1], *latmask.shape)
+    if p.inpainting_fill == 2:
+        rng = ImageNoise(tuple(init.shape[1:]), list(all_seeds[:init.shape[0]]), None, 0.0, None,
+                         downscale=bundle.vae_scale_factor, source=p.randn_source, device=init.device)
+        init = init * (1 - nmask) + rng.first().to(init.device) * nmask
+    elif p.inpainting_fill == 3:
+        init = init * (1 - nmask)
+    return init, LatentBlend(init, nmask, p.soft_inpainting)
+
+
+def overlay_for(p: GenerationParams, prepared, x: torch.Tensor, init: torch.Tensor, blend):
+    """``finish(i, image)`` for :func:`decode_and_save`: A1111's ``apply_overlay`` (the result pasted back into
+    the picture, the original over it outside the mask) with each image's overlay, or with soft inpainting's
+    adaptive composite (the original wherever the latents barely changed)."""
+    from .. import masks
+
+    overlays = [prep.overlay for prep in prepared]
+    if p.soft_inpainting is not None:
+        from .soft_inpainting import adaptive_masks
+
+        originals = [prep.original for prep in prepared]
+        _, overlays = adaptive_masks(p.soft_inpainting, blend.nmask, init, x, originals, p.width, p.height,
+                                     prepared[0].paste_to)
+
+    def finish(i: int, image: Image.Image) -> Image.Image:
+        if not p.overlay_inpaint:
+            return image
+        k = i % len(overlays)
+        return masks.apply_overlay(image, prepared[k % len(prepared)].paste_to, overlays[k])
+
+    return finish
 
 
 def loopback_denoising(loop: int, loops: int, initial: float, final: float, curve: str = "Linear") -> float:

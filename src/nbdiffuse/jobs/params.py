@@ -84,6 +84,22 @@ class GenerationParams:
     hr_scheduler: str | None = None  # None: the first pass's
     hr_prompt: str = ""  # "": the first pass's
     hr_negative_prompt: str = ""
+    # inpainting (img2img with a mask): A1111's API fields with the API's defaults (its UI's differ: Masked content
+    # "original", Inpaint area "Whole picture", padding 32; see nbdiffuse.ui for those)
+    mask_blur: int | None = None  # sets mask_blur_x and mask_blur_y; reads back as their value when they are equal
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_round: bool = True  # threshold RGBA masks and round the latent mask (soft inpainting turns it off)
+    inpainting_fill: int = 0  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = True  # inpaint area: True "Only masked" (crop, upscale, paste back), False "Whole picture"
+    inpaint_full_res_padding: int = 0  # "Only masked padding, pixels"
+    inpainting_mask_invert: int = 0  # mask mode: 0 "Inpaint masked", 1 "Inpaint not masked"
+    initial_noise_multiplier: float | None = None  # A1111's "Noise multiplier for img2img" (None: 1.0)
+    inpainting_mask_weight: float = 1.0  # A1111's "Conditional mask weight" (inpainting checkpoints only)
+    overlay_inpaint: bool = True  # A1111's setting "Overlay original for inpaint": paste the original back outside
+    # A1111's built-in Soft inpainting script (its alwayson_scripts args are read into this): None (off) or a
+    # SoftInpainting, a dict of its fields, or True for its defaults
+    soft_inpainting: object = None
     extra: dict = field(default_factory=dict, compare=False, repr=False)
     # Not a generation setting: the model upscalers (registered names) that hr_upscaler may name besides the
     # built-in ones and model files, from where the parameters were made (a Session passes its own); replace()
@@ -156,6 +172,57 @@ class GenerationParams:
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "randn_source", resolve_randn_source(self.randn_source))
         self._check_img2img_and_hires()
+        self._check_inpainting()
+
+    def _check_inpainting(self) -> None:
+        from .soft_inpainting import SoftInpainting
+
+        if self.mask_blur is not None:
+            _check(_is_int(self.mask_blur) and 0 <= self.mask_blur <= 256, "mask_blur", self.mask_blur,
+                   "an integer from 0 to 256 (A1111's slider: 0 to 64)")
+            object.__setattr__(self, "mask_blur_x", self.mask_blur)
+            object.__setattr__(self, "mask_blur_y", self.mask_blur)
+        for name in ("mask_blur_x", "mask_blur_y"):
+            _check(_is_int(getattr(self, name)) and 0 <= getattr(self, name) <= 256, name, getattr(self, name),
+                   "an integer from 0 to 256 (A1111's slider: 0 to 64)")
+        object.__setattr__(self, "mask_blur", self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else None)
+        _check(self.inpainting_fill in (0, 1, 2, 3) and not isinstance(self.inpainting_fill, bool), "inpainting_fill",
+               self.inpainting_fill, "0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)")
+        for name, words in (("inpaint_full_res", "True (Only masked) or False (Whole picture)"),
+                            ("inpainting_mask_invert", "0 (Inpaint masked) or 1 (Inpaint not masked)"),
+                            ("mask_round", "True or False"), ("overlay_inpaint", "True or False")):
+            value = getattr(self, name)
+            _check(value in (0, 1), name, value, words)  # A1111's UI sends radio indexes, its API booleans
+            object.__setattr__(self, name, int(value) if name == "inpainting_mask_invert" else bool(value))
+        _check(_is_int(self.inpaint_full_res_padding) and 0 <= self.inpaint_full_res_padding <= 4096,
+               "inpaint_full_res_padding", self.inpaint_full_res_padding, "an integer from 0 to 4096 pixels")
+        if self.initial_noise_multiplier is not None:
+            value = self.initial_noise_multiplier
+            _check(_is_number(value) and 0 <= value <= 10, "initial_noise_multiplier", value,
+                   "a number from 0 to 10 (A1111's slider: 0 to 1.5; None: 1.0)")
+            object.__setattr__(self, "initial_noise_multiplier", float(value))
+        _check(_is_number(self.inpainting_mask_weight) and 0 <= self.inpainting_mask_weight <= 1,
+               "inpainting_mask_weight", self.inpainting_mask_weight, "a number between 0 and 1")
+        object.__setattr__(self, "inpainting_mask_weight", float(self.inpainting_mask_weight))
+        soft = self.soft_inpainting
+        if soft is True:
+            soft = SoftInpainting()
+        elif soft is False:
+            soft = None
+        elif isinstance(soft, Mapping):
+            try:
+                soft = SoftInpainting(**soft)
+            except TypeError as e:
+                raise ValueError(f"soft_inpainting: {e}; its fields are "
+                                 f"{', '.join(f.name for f in dataclasses.fields(SoftInpainting))}") from None
+        _check(soft is None or isinstance(soft, SoftInpainting), "soft_inpainting", self.soft_inpainting,
+               "None, True (A1111's defaults), a dict of SoftInpainting fields or a SoftInpainting")
+        object.__setattr__(self, "soft_inpainting", soft)
+
+    @property
+    def noise_multiplier(self) -> float:
+        """``initial_noise_multiplier``, None read as A1111's default 1.0."""
+        return 1.0 if self.initial_noise_multiplier is None else self.initial_noise_multiplier
 
     def _check_img2img_and_hires(self) -> None:
         from .upscalers import RESIZE_MODES, resolve_upscaler
@@ -259,6 +326,17 @@ class GenerationParams:
         ``known_upscalers``: registered upscaler names ``hr_upscaler`` may use (``session.upscalers.files``)."""
         names = {f.name for f in dataclasses.fields(cls)} - set(_NOT_A1111)
         own, extra = {}, {}
+        scripts = kwargs.get("alwayson_scripts")
+        soft_titles = [t for t in scripts or () if str(t).lower() == "soft inpainting"] if isinstance(
+            scripts, Mapping) else []
+        if soft_titles:  # A1111's built-in script, matched by title case-insensitively as A1111 does
+            from .soft_inpainting import SoftInpainting
+
+            if kwargs.get("soft_inpainting") is not None:
+                raise ValueError("soft_inpainting is given twice: as a field and in alwayson_scripts; keep one.")
+            soft = SoftInpainting.from_alwayson_scripts({t: scripts[t] for t in soft_titles})
+            others = {t: v for t, v in scripts.items() if t not in soft_titles}
+            kwargs = {**kwargs, "alwayson_scripts": others, "soft_inpainting": soft}
         for key, value in kwargs.items():
             if key in names:
                 own[key] = value
@@ -309,6 +387,8 @@ class GenerationParams:
         """The A1111 API payload of these parameters (``txt2img(**p.to_dict())`` rebuilds them)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_A1111}
         out["styles"] = list(self.styles)
+        if self.soft_inpainting is not None:
+            out["soft_inpainting"] = dataclasses.asdict(self.soft_inpainting)
         return out
 
 
@@ -327,6 +407,10 @@ def with_native_size(params: Mapping, bundle) -> dict:
         if out.get(key) is None:
             out[key] = value
     return out
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:

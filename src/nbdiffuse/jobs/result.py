@@ -21,7 +21,8 @@ class Result:
     ``infotexts[i]`` is image ``i``'s A1111 parameters text (also in its PNG); ``seeds``/``subseeds`` are per image;
     ``latents`` are the final latents ``(N, C, H/8, W/8)`` on the CPU; ``paths`` where the images were saved
     (``None`` when saving is off); ``interrupted`` tells whether the job was stopped early, and ``warnings`` says
-    anything the user should know about these images (NaNs recovered, ignored prompt tags, ...).
+    anything the user should know about these images (NaNs recovered, ignored prompt tags, ...). An inpainting job
+    keeps its masks in ``inpaint`` (:func:`nbdiffuse.viz.show_mask` draws them).
 
     >>> result = session.txt2img(prompt="a red circle", seed=1, batch_size=2)  # doctest: +SKIP
     >>> result.seeds, result.latents.shape, result.paths[0]  # doctest: +SKIP
@@ -38,6 +39,9 @@ class Result:
     paths: list[Path | None] = field(default_factory=list)
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
+    # inpainting: each init image's nbdiffuse.masks.PreparedMask (the mask as A1111 processed it, the crop region,
+    # the latent mask); None for other jobs
+    inpaint: list | None = None
 
     def __len__(self) -> int:
         return len(self.images)
