@@ -39,7 +39,7 @@ def test_save_checkpoint_takes_a_session_and_a_dtype(session, tmp_path):
 
 
 PUBLIC = ["nbdiffuse", "nbdiffuse.prompts", "nbdiffuse.models", "nbdiffuse.infotext", "nbdiffuse.viz",
-          "nbdiffuse.inspect", "nbdiffuse.ui"]
+          "nbdiffuse.inspect", "nbdiffuse.ui", "nbdiffuse.masks"]
 
 
 @pytest.mark.parametrize("module", PUBLIC)
@@ -56,7 +56,7 @@ def test_every_public_name_has_an_example(module):
                                     "nbdiffuse.infotext", "nbdiffuse.io.infotext", "nbdiffuse.viz.latents",
                                     "nbdiffuse.inspect.previews", "nbdiffuse.ui.labels", "nbdiffuse.jobs.params",
                                     "nbdiffuse.session", "nbdiffuse.sampling.base", "nbdiffuse.testing",
-                                    "nbdiffuse.prompts.styles", "nbdiffuse.io.keys"])
+                                    "nbdiffuse.prompts.styles", "nbdiffuse.io.keys", "nbdiffuse.masks"])
 def test_the_examples_run(module):
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
