@@ -50,9 +50,12 @@ def _sampler_and_scheduler(name: str, schedule: Any) -> tuple[str, str]:
 
 
 def _inpainting_params(res: Mapping[str, Any], params: dict[str, Any]) -> None:
-    """An inpainting infotext's fields: the keys A1111 left out at its defaults read as its parse assumes them
-    (Masked content "original", Inpaint area "Whole picture", padding 32), and Soft inpainting's settings."""
-    if any(key in res for key in ("Mask blur", "Mask mode", "Masked content", "Inpaint area", "Masked area padding")):
+    """An img2img infotext's inpainting fields: the keys A1111 left out at its defaults read as its parse assumes
+    them (Masked content "original", Inpaint area "Whole picture", padding 32; A1111's paste sets its inpainting
+    controls so from every infotext), and Soft inpainting's settings."""
+    img2img = "denoising_strength" in params and not params.get("enable_hr")
+    if img2img or any(key in res for key in ("Mask blur", "Mask mode", "Masked content", "Inpaint area",
+                                              "Masked area padding")):
         for key, value in INPAINT_DEFAULTS.items():
             if res.get(key) is None:
                 name, convert = INFOTEXT_FIELDS[key]
@@ -139,11 +142,11 @@ def to_params(text_or_dict: str | bytes | Mapping[str, Any], styles: Mapping[str
     elif hr_schedule and str(hr_schedule).strip() != "Use same scheduler":
         params["hr_scheduler"] = str(hr_schedule).strip()
 
-    _inpainting_params(res, params)
     # Pre-1.0 "First pass size" infotexts arrive here as Size = first pass, Hires resize = final size (see parse).
     # A resize of 0x0 is A1111's "no resize" default (parse(..., defaults=True)), not a second pass.
     if "hr_scale" in params or params.get("hr_resize_x") or params.get("hr_resize_y"):
         params["enable_hr"] = True
+    _inpainting_params(res, params)
     # A1111 writes "RNG" only when it is not its default, GPU: no key means the noise came from torch.randn on CUDA
     from .sampling.noise import resolve_randn_source
 

@@ -349,6 +349,9 @@ def latent_mask(mask: Image.Image, size: tuple[int, int], round: bool = True) ->
     return np.around(a) if round else a
 
 
+_latent_mask = latent_mask  # prepare() takes A1111's p.latent_mask under that name
+
+
 def uncrop(image: Image.Image, size: tuple[int, int], paste_to: Box) -> Image.Image:
     """A1111's ``processing.uncrop``: ``image`` resized to (w, h) of ``paste_to`` (x, y, w, h) with "crop and
     resize", pasted at (x, y) on a transparent RGBA canvas of ``size``.
@@ -417,7 +420,8 @@ def _hole(image: Image.Image, mask: Image.Image) -> Image.Image:
 def prepare(init_image: Image.Image, mask, *, width: int, height: int, resize_mode: int = 0,
             mask_blur_x: float = 4, mask_blur_y: float = 4, mask_round: bool = True, inpainting_mask_invert: int = 0,
             inpainting_fill: int = 0, inpaint_full_res: bool = True, inpaint_full_res_padding: int = 0,
-            latent_size: tuple[int, int] | None = None, upscaler: str | None = None, upscalers=None) -> PreparedMask:
+            latent_size: tuple[int, int] | None = None, upscaler: str | None = None, upscalers=None,
+            latent_mask=None) -> PreparedMask:
     """The mask part of A1111's img2img init for one init image (defaults: A1111's API defaults).
 
     ``mask`` is anything :func:`as_mask` takes. Order as A1111: :func:`binary_mask`, inversion
@@ -428,7 +432,9 @@ def prepare(init_image: Image.Image, mask, *, width: int, height: int, resize_mo
     flattened onto white, resized with ``resize_mode`` (whole picture) or cropped and resized with "resize and
     fill" (only masked; ``upscaler``, a name ``nbdiffuse.jobs.upscalers`` knows, enlarges it as A1111's
     ``upscaler_for_img2img`` does), and filled (:func:`fill`) unless ``inpainting_fill == 1`` ("original").
-    ``latent_size`` (width, height; default the job size // 8) is the size of :func:`latent_mask`.
+    ``latent_size`` (width, height; default the job size // 8) is the size of :func:`latent_mask`. A separate
+    ``latent_mask`` (A1111's ``p.latent_mask``, job-sized: the outpainting scripts' second mask) replaces the
+    processed mask for the fill and the latent mask, as in A1111.
 
     A mask of another size than the picture is resized with the picture in "Whole picture" (as A1111 does); for
     "Only masked" it is refused (A1111 would cut the picture at the mask's coordinates).
@@ -497,9 +503,10 @@ def prepare(init_image: Image.Image, mask, *, width: int, height: int, resize_mo
 
     lat = None
     if job_mask is not None:
+        source = job_mask if latent_mask is None else as_mask(latent_mask, None, round=mask_round, name="latent_mask")
         if inpainting_fill != 1:
-            image = fill(image, job_mask)
-        lat = latent_mask(job_mask, latent_size, round=mask_round)
+            image = fill(image, source)
+        lat = _latent_mask(source, latent_size, round=mask_round)
 
     return PreparedMask(image=image, mask=job_mask, latent_mask=lat, mask_for_overlay=mask_for_overlay,
                         overlay=overlay, crop_region=region, paste_to=paste_to, blurred=blurred, binary=binary,

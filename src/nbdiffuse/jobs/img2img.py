@@ -234,7 +234,7 @@ def prepare_masks(p: GenerationParams, images: Sequence[Image.Image], mask, late
                           mask_blur_x=p.mask_blur_x, mask_blur_y=p.mask_blur_y, mask_round=p.mask_round,
                           inpainting_mask_invert=p.inpainting_mask_invert, inpainting_fill=p.inpainting_fill,
                           inpaint_full_res=p.inpaint_full_res, inpaint_full_res_padding=p.inpaint_full_res_padding,
-                          latent_mask=latent_mask, latent_size=(p.width // factor, p.height // factor))
+                          latent_size=(p.width // factor, p.height // factor), latent_mask=latent_mask)
             for image in images]
 
 
@@ -272,6 +272,9 @@ def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_di
         notes.append(prepared[0].comment)
     if prepared is not None and not inpainting:  # a blank mask with "Only masked": A1111's plain img2img
         images = [prep.image for prep in prepared]
+    if inpainting and not prepared[0].mask.getbbox():
+        notes.append("The mask is empty (no white pixel): nothing was inpainted and the picture comes back as it "
+                     "was. Paint the region to change in white (or use inpainting_mask_invert=1).")
 
     t = time.perf_counter()
     sigmas = img2img_sigmas(p.scheduler_used, p.steps, denoising, bundle, spec)
