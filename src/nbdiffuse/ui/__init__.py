@@ -6,6 +6,7 @@
 
 from .labels import default_lang, labels
 from .layout import build_panel
+from .painter import MaskPainter
 from .panel import Panel
 
-__all__ = ["Panel", "build_panel", "default_lang", "labels"]
+__all__ = ["MaskPainter", "Panel", "build_panel", "default_lang", "labels"]

@@ -40,6 +40,26 @@ EN = {
     "vae": "SD VAE", "apply": "Apply", "vae_applied": "VAE: {name}.",
     "insert": "Insert into prompt", "refresh": "Refresh",
     "xyz_plan": "Plan (show the numbers)", "xyz_run": "Run grid",
+    "img2img_mode": "Mode", "mode_img2img": "img2img", "mode_inpaint": "Inpaint",
+    "mode_inpaint_upload": "Inpaint upload",
+    "resize_mode": "Resize mode", "extra_noise": "Extra noise", "initial_noise_multiplier": "Noise multiplier",
+    "inpainting_mask_weight": "Conditional mask weight", "overlay_inpaint": "Overlay original for inpaint",
+    "mask_blur": "Mask blur", "mask_mode": "Mask mode", "masked_content": "Masked content",
+    "inpaint_area": "Inpaint area", "inpaint_padding": "Only masked padding, pixels",
+    "soft_inpainting": "Soft inpainting", "mask_blend_power": "Schedule bias",
+    "mask_blend_scale": "Preservation strength", "inpaint_detail_preservation": "Transition contrast boost",
+    "composite_mask_influence": "Mask influence", "composite_difference_threshold": "Difference threshold",
+    "composite_difference_contrast": "Difference contrast",
+    "brush_size": "Brush size", "erase": "Erase", "clear_mask": "Clear",
+    "painter_no_image": "Choose an init image first.",
+    "painter_help": "Paint the area to inpaint over the image (brush size, Erase and Clear are above it). If no "
+                    "image shows here (this front-end cannot show custom widgets), use “Inpaint upload” with a "
+                    "mask PNG.",
+    "painter_unavailable": "The mask painter needs anywidget ({error}): use “Inpaint upload” with a mask PNG.",
+    "mask_upload": "Mask PNG",
+    "upload_help": "Choose the init image and a mask PNG: white = inpaint (a mask with transparency uses its alpha).",
+    "no_mask": "Paint the area to inpaint on the image first (or use “Inpaint upload” with a mask PNG).",
+    "no_mask_upload": "Upload a mask PNG first (white = inpaint).",
 }
 
 ZH = {
@@ -72,6 +92,30 @@ ZH = {
     "vae": "VAE 模型 (SD VAE)", "apply": "应用", "vae_applied": "VAE：{name}。",
     "insert": "插入提示词", "refresh": "刷新",
     "xyz_plan": "规划（先显示数量）", "xyz_run": "生成图表",
+    "img2img_mode": "模式", "mode_img2img": "图生图 (img2img)", "mode_inpaint": "局部重绘 (Inpaint)",
+    "mode_inpaint_upload": "上传重绘蒙版 (Inpaint upload)",
+    "resize_mode": "缩放模式 (Resize mode)", "extra_noise": "额外噪声 (Extra noise)",
+    "initial_noise_multiplier": "噪声倍数 (Noise multiplier)",
+    "inpainting_mask_weight": "蒙版条件权重 (Conditional mask weight)",
+    "overlay_inpaint": "蒙版外区域叠加原图 (Overlay original for inpaint)",
+    "mask_blur": "蒙版边缘模糊度 (Mask blur)", "mask_mode": "蒙版模式 (Mask mode)",
+    "masked_content": "蒙版区域内容处理 (Masked content)", "inpaint_area": "重绘区域 (Inpaint area)",
+    "inpaint_padding": "仅蒙版区域边缘预留像素 (Only masked padding, pixels)",
+    "soft_inpainting": "软重绘 (Soft inpainting)", "mask_blend_power": "调度偏移 (Schedule bias)",
+    "mask_blend_scale": "保留强度 (Preservation strength)",
+    "inpaint_detail_preservation": "过渡对比度增强 (Transition contrast boost)",
+    "composite_mask_influence": "蒙版影响 (Mask influence)",
+    "composite_difference_threshold": "差异阈值 (Difference threshold)",
+    "composite_difference_contrast": "差异对比度 (Difference contrast)",
+    "brush_size": "画笔大小 (Brush size)", "erase": "橡皮擦 (Erase)", "clear_mask": "清除 (Clear)",
+    "painter_no_image": "请先选择初始图像。",
+    "painter_help": "在图像上涂抹要重绘的区域（上方可调画笔大小、橡皮擦、清除）。如果这里不显示图像（此前端无法显示"
+                    "自定义组件），请用“上传重绘蒙版”上传蒙版 PNG。",
+    "painter_unavailable": "蒙版画板需要 anywidget（{error}）：请用“上传重绘蒙版”上传蒙版 PNG。",
+    "mask_upload": "蒙版 PNG (Mask)",
+    "upload_help": "选择初始图像和蒙版 PNG：白色为重绘区域（带透明度的蒙版使用其透明通道）。",
+    "no_mask": "请先在图像上涂抹要重绘的区域（或用“上传重绘蒙版”上传蒙版 PNG）。",
+    "no_mask_upload": "请先上传蒙版 PNG（白色为重绘区域）。",
 }
 
 TABLES = {"en": EN, "zh": ZH}

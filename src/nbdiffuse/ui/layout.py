@@ -1,7 +1,8 @@
 """The panel's widgets, laid out: no behaviour (that is :mod:`.panel`), and no default of its own.
 
 Every control starts at :class:`~nbdiffuse.jobs.params.GenerationParams`' default; where that default is None ("the
-job's default"), at the value the job uses for None.
+job's default"), at the value the job uses for None. The inpainting controls are the exception, as in A1111: its UI
+starts at other values than its API (:data:`INPAINT_UI_DEFAULTS`), and the panel sends every one of them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import ipywidgets as w
 from ..jobs.hires import DEFAULT_DENOISING as HIRES_DENOISING
 from ..jobs.img2img import DEFAULT_DENOISING as IMG2IMG_DENOISING
 from ..jobs.params import GenerationParams
-from ..jobs.upscalers import resolve_upscaler
+from ..jobs.soft_inpainting import SoftInpainting
+from ..jobs.upscalers import RESIZE_MODES, resolve_upscaler
 from ..jobs.xyz import AXES
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULES
@@ -26,6 +28,24 @@ CONTROLS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "
             "seed", "batch_size", "n_iter")
 #: Parameters with a control in the txt2img tab's hires fix box (sent only when ``enable_hr`` is ticked).
 HIRES_CONTROLS = ("hr_upscaler", "hr_scale", "hr_second_pass_steps", "denoising_strength")
+#: The img2img tab's modes: A1111's "img2img", "Inpaint" (a painted mask) and "Inpaint upload" (a mask file) tabs.
+IMG2IMG_MODES = ("img2img", "inpaint", "inpaint_upload")
+#: Parameters with a control in the img2img tab in every mode (besides its denoising strength); the last two are
+#: A1111 settings ("Extra noise multiplier for img2img and hires fix", "Noise multiplier for img2img").
+IMG2IMG_CONTROLS = ("resize_mode", "extra_noise", "initial_noise_multiplier")
+#: Where the inpainting controls of A1111's img2img tab start: its UI defaults (``modules/ui.py``), not its API's
+#: (fill, only masked, padding 0).
+INPAINT_UI_DEFAULTS = {"mask_blur": 4, "inpainting_mask_invert": 0, "inpainting_fill": 1, "inpaint_full_res": False,
+                       "inpaint_full_res_padding": 32}
+#: The controls of the inpaint modes: those, and two A1111 settings ("Inpainting conditioning mask strength",
+#: "Overlay original for inpaint") at their defaults.
+INPAINT_CONTROLS = (*INPAINT_UI_DEFAULTS, "inpainting_mask_weight", "overlay_inpaint")
+#: Soft inpainting's sliders: A1111's script names with its slider minimum, maximum and step.
+SOFT_INPAINTING_SLIDERS = {"mask_blend_power": (0.0, 8.0, 0.1), "mask_blend_scale": (0.0, 8.0, 0.05),
+                           "inpaint_detail_preservation": (1.0, 32.0, 0.5),
+                           "composite_mask_influence": (0.0, 1.0, 0.05),
+                           "composite_difference_threshold": (0.0, 8.0, 0.25),
+                           "composite_difference_contrast": (0.0, 8.0, 0.25)}
 
 
 def control_defaults() -> dict:
@@ -35,11 +55,15 @@ def control_defaults() -> dict:
     >>> d = control_defaults()
     >>> d["steps"], d["sampler_name"], d["hr_upscaler"], d["denoising_strength"], d["img2img_strength"]
     (20, 'DPM++ 2M', 'Latent', 0.7, 0.75)
+    >>> d["initial_noise_multiplier"], d["inpainting_mask_weight"]
+    (1.0, 1.0)
     """
     values = GenerationParams().to_dict()
     values["hr_upscaler"] = resolve_upscaler(values["hr_upscaler"])
     values["denoising_strength"] = HIRES_DENOISING  # the field's None: each job's own default
     values["img2img_strength"] = IMG2IMG_DENOISING
+    if values["initial_noise_multiplier"] is None:  # the field's None: 1.0
+        values["initial_noise_multiplier"] = 1.0
     return values
 
 
@@ -47,9 +71,25 @@ def _css() -> str:
     return resources.files("nbdiffuse.ui").joinpath("static/panel.css").read_text(encoding="utf-8")
 
 
-def _slider(cls, value, lo, hi, step, label):
+def _slider(cls, value, lo, hi, step, label, label_width="150px"):
     return cls(value=value, min=lo, max=hi, step=step, description=label, continuous_update=False,
-               style={"description_width": "150px"}, layout=w.Layout(width="98%"))
+               style={"description_width": label_width}, layout=w.Layout(width="98%"))
+
+
+def _choice(options, value, label):
+    """A1111's radio row: one button per option, the label on the left (ipywidgets 7 and 8)."""
+    return w.ToggleButtons(options=options, value=value, description=label,
+                           style={"description_width": "200px", "button_width": "auto"})
+
+
+def _mask_painter(t: dict[str, str]) -> w.Widget:
+    """The mask painter (an anywidget), or a note saying why there is none (the panel works without it)."""
+    try:
+        from .painter import MaskPainter
+    except ImportError as e:
+        return w.HTML(html.escape(t["painter_unavailable"].format(error=e)))
+    return MaskPainter(labels={"brush_size": t["brush_size"], "erase": t["erase"], "clear": t["clear_mask"],
+                               "no_image": t["painter_no_image"]})
 
 
 def build_panel(t: dict[str, str], upscalers: Sequence[str] = ("Latent",)) -> SimpleNamespace:
@@ -118,13 +158,55 @@ def build_panel(t: dict[str, str], upscalers: Sequence[str] = ("Latent",)) -> Si
                       ui.n_iter, ui.batch_size, ui.cfg_scale, w.VBox([ui.enable_hr, ui.hires_box]),
                       w.HBox([ui.seed, ui.random_seed, ui.reuse_seed]), w.HBox([ui.extra, ui.clear_extra])])
 
-    # img2img
+    # img2img: its modes (img2img, Inpaint with the mask painter, Inpaint upload), then A1111's controls
+    ui.img2img_mode = _choice([(t[f"mode_{m}"], m) for m in IMG2IMG_MODES], "img2img", t["img2img_mode"])
     ui.init_upload = w.FileUpload(accept="image/*", multiple=False, description=t["init_image"])
     ui.init_image = w.Image(format="png", layout=w.Layout(width="192px"))
+    ui.painter = _mask_painter(t)
+    ui.painter_box = w.VBox([w.HTML(f"<i>{html.escape(t['painter_help'])}</i>"), ui.painter],
+                            layout=w.Layout(display="none"))
+    ui.mask_upload = w.FileUpload(accept="image/*", multiple=False, description=t["mask_upload"])
+    ui.mask_preview = w.Image(format="png", layout=w.Layout(width="192px", display="none"))
+    ui.mask_upload_box = w.VBox([w.HTML(f"<i>{html.escape(t['upload_help'])}</i>"), ui.mask_upload,
+                                 ui.mask_preview], layout=w.Layout(display="none"))
+    ui.resize_mode = _choice([(name, i) for i, name in enumerate(RESIZE_MODES)], d["resize_mode"], t["resize_mode"])
     ui.img2img_strength = _slider(w.FloatSlider, d["img2img_strength"], 0.0, 1.0, 0.01, t["denoising_strength"])
+    ui.extra_noise = _slider(w.FloatSlider, d["extra_noise"], 0.0, 1.0, 0.01, t["extra_noise"])
+    ui.initial_noise_multiplier = _slider(w.FloatSlider, d["initial_noise_multiplier"], 0.0, 1.5, 0.001,
+                                          t["initial_noise_multiplier"])
+    ui.initial_noise_multiplier.readout_format = ".3f"
+    # inpainting, at A1111's UI defaults; shown in the two inpaint modes
+    i = INPAINT_UI_DEFAULTS
+    ui.mask_blur = _slider(w.IntSlider, i["mask_blur"], 0, 64, 1, t["mask_blur"], "200px")
+    ui.inpainting_mask_invert = _choice([("Inpaint masked", 0), ("Inpaint not masked", 1)],
+                                        i["inpainting_mask_invert"], t["mask_mode"])
+    ui.inpainting_fill = _choice([("fill", 0), ("original", 1), ("latent noise", 2), ("latent nothing", 3)],
+                                 i["inpainting_fill"], t["masked_content"])
+    ui.inpaint_full_res = _choice([("Whole picture", False), ("Only masked", True)], i["inpaint_full_res"],
+                                  t["inpaint_area"])
+    ui.inpaint_full_res_padding = _slider(w.IntSlider, i["inpaint_full_res_padding"], 0, 256, 4,
+                                          t["inpaint_padding"], "200px")
+    ui.inpainting_mask_weight = _slider(w.FloatSlider, d["inpainting_mask_weight"], 0.0, 1.0, 0.01,
+                                        t["inpainting_mask_weight"], "200px")
+    ui.overlay_inpaint = w.Checkbox(value=d["overlay_inpaint"], description=t["overlay_inpaint"], indent=False)
+    soft = SoftInpainting()
+    ui.soft_inpainting = w.Checkbox(value=False, description=t["soft_inpainting"], indent=False)
+    ui.soft_sliders = {name: _slider(w.FloatSlider, getattr(soft, name), lo, hi, step, t[name], "200px")
+                       for name, (lo, hi, step) in SOFT_INPAINTING_SLIDERS.items()}
+    ui.soft_box = w.VBox(list(ui.soft_sliders.values()), layout=w.Layout(display="none"))
+    ui.inpaint_controls = w.VBox([ui.mask_blur, ui.inpainting_mask_invert, ui.inpainting_fill, ui.inpaint_full_res,
+                                  ui.inpaint_full_res_padding, ui.inpainting_mask_weight, ui.overlay_inpaint,
+                                  w.VBox([ui.soft_inpainting, ui.soft_box])],
+                                 layout=w.Layout(display="none"))
+    for name in ("img2img_mode", *IMG2IMG_CONTROLS, *INPAINT_CONTROLS, "soft_inpainting"):
+        getattr(ui, name).add_class(f"nbd-{name.replace('_', '-')}")
+    ui.painter.add_class("nbd-mask-painter")
     ui.generate_img2img = w.Button(description=t["generate_img2img"], button_style="primary")
-    img2img = w.VBox([w.HTML(f"<i>{html.escape(t['img2img_help'])}</i>"),
-                      ui.init_upload, ui.init_image, ui.img2img_strength, ui.generate_img2img])
+    ui.generate_img2img.add_class("nbd-generate-img2img")
+    img2img = w.VBox([w.HTML(f"<i>{html.escape(t['img2img_help'])}</i>"), ui.img2img_mode,
+                      ui.init_upload, ui.init_image, ui.painter_box, ui.mask_upload_box, ui.resize_mode,
+                      ui.img2img_strength, ui.extra_noise, ui.initial_noise_multiplier, ui.inpaint_controls,
+                      ui.generate_img2img])
 
     # models
     ui.checkpoint = w.Dropdown(options=[], description=t["checkpoint"], **wide)

@@ -9,7 +9,8 @@ Stop/Skip clicks, which set the session's flags (read by the sampling loop after
 >>> panel                         # doctest: +SKIP
 >>> panel.params                  # doctest: +SKIP
 
-(``panel`` last in a cell shows it; ``panel.params`` is the dict you would pass to ``session.txt2img(**params)``.)
+(``panel`` last in a cell shows it; ``panel.params`` is the dict you would pass to ``session.txt2img(**params)``,
+``panel.img2img_params`` the one for ``session.img2img(**params)`` from the img2img tab, mask included.)
 """
 
 from __future__ import annotations
@@ -30,12 +31,40 @@ from ..sampling.schedules import resolve_schedule
 from .gallery import NEWEST_ONLY, Gallery, Job
 from .images import png_bytes, preview_image
 from .labels import default_lang, labels
-from .layout import CONTROLS, HIRES_CONTROLS, build_panel, close_tree, control_defaults
+from .layout import (
+    CONTROLS,
+    HIRES_CONTROLS,
+    IMG2IMG_CONTROLS,
+    INPAINT_CONTROLS,
+    INPAINT_UI_DEFAULTS,
+    build_panel,
+    close_tree,
+    control_defaults,
+)
 
 #: Infotext fields that A1111 leaves out at their default: a pasted infotext without them means "the default".
 _OPTIONAL_INFOTEXT = ("negative_prompt", "scheduler")
+#: What pasting an infotext sets for img2img keys it lacks: A1111's paste defaults (``modules/infotext_utils.py``:
+#: "Inpaint masked", "original", "Whole picture", padding 32), soft inpainting off, and the settings an infotext
+#: overrides only when it names them (extra noise, noise multiplier, conditional mask weight) at their defaults.
+_INFOTEXT_IMG2IMG_DEFAULTS = {
+    **{k: INPAINT_UI_DEFAULTS[k] for k in ("inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
+                                           "inpaint_full_res_padding")},
+    "soft_inpainting": None, "extra_noise": 0.0, "initial_noise_multiplier": None, "inpainting_mask_weight": 1.0,
+}
 _DEFAULTS = control_defaults()
 _FIELDS = frozenset(GenerationParams().to_dict())  # A1111's fields, each of which set_params takes
+
+
+def _set_control(widget: w.Widget, value) -> None:
+    """Set a control, stretching a slider's range (a pasted 300 steps is not clamped to 150) and adding a missing
+    dropdown choice (e.g. an upscaler registered after the panel)."""
+    if isinstance(widget, w.Dropdown) and value not in widget.options:
+        widget.options = [*widget.options, value]
+    if isinstance(widget, w.IntSlider | w.FloatSlider):
+        widget.max = max(widget.max, value)
+        widget.min = min(widget.min, value)
+    widget.value = value
 
 
 def _upload_files(value) -> list[tuple[str, bytes]]:
@@ -69,6 +98,8 @@ class Panel:
         self.error: str | None = None  # the last error message shown
         self._extra: dict = {}  # parameters with no control (from a pasted infotext): kept and shown
         self._init_image: Image.Image | None = None
+        self._mask_upload: Image.Image | None = None  # the "Inpaint upload" mode's mask, as uploaded (RGBA)
+        self._code_call = "txt2img"  # which call "Copy as code" shows: the last generation tab's
         self._thread: threading.Thread | None = None
         self._stop_requested = False
         self._steps_done = 0
@@ -92,11 +123,54 @@ class Panel:
             p.update({name: getattr(self.w, name).value for name in HIRES_CONTROLS})
         return p
 
+    @property
+    def _painter(self):
+        """The mask painter, or None where it could not be made (then the panel says why, and "Inpaint upload"
+        works)."""
+        return self.w.painter if hasattr(self.w.painter, "mask_image") else None
+
+    @property
+    def init_image(self) -> Image.Image | None:
+        """The img2img tab's init image (uploaded, or sent from the gallery)."""
+        return self._init_image
+
+    @property
+    def mask(self) -> Image.Image | None:
+        """The mask the img2img tab's mode uses: the painted one ("Inpaint"), the uploaded one ("Inpaint upload"),
+        None in "img2img" mode or when there is none yet."""
+        mode = self.w.img2img_mode.value
+        if mode == "inpaint":
+            return self._painter.mask_image() if self._painter is not None else None
+        return self._mask_upload if mode == "inpaint_upload" else None
+
+    @property
+    def img2img_params(self) -> dict:
+        """The img2img tab's settings as ``session.img2img`` keyword arguments: the init image, the denoising
+        strength, resize mode and extra noise, and in the inpaint modes the mask and every inpainting control (all
+        of them: A1111's UI starts at other values than its API); the rest is :attr:`params` (the txt2img tab's
+        prompt and settings; A1111's img2img has no hires fix)."""
+        ui = self.w
+        p = {"init_images": None if self._init_image is None else [self._init_image]}
+        if ui.img2img_mode.value != "img2img":
+            p["mask"] = self.mask
+        p.update({k: v for k, v in self.params.items() if k != "enable_hr" and k not in HIRES_CONTROLS})
+        p["denoising_strength"] = ui.img2img_strength.value
+        p.update({name: getattr(ui, name).value for name in IMG2IMG_CONTROLS})
+        if ui.img2img_mode.value != "img2img":
+            p.update({name: getattr(ui, name).value for name in INPAINT_CONTROLS})
+            if {"mask_blur_x", "mask_blur_y"} & self._extra.keys():  # a blur per axis (from set_params) is used
+                del p["mask_blur"]
+            p["soft_inpainting"] = ({name: s.value for name, s in ui.soft_sliders.items()}
+                                    if ui.soft_inpainting.value else None)
+        return p
+
     def set_params(self, params: dict | None = None, **changes) -> None:
         """Set controls from A1111 API fields (``set_params(steps=30, seed=1)``); others keep their values.
 
-        Fields without a control (``clip_skip``, ``subseed``, ...) are kept and shown under the seed. Invalid
-        values raise ``ValueError``/``TypeError`` (from :class:`GenerationParams`) and change nothing.
+        Fields without a control (``clip_skip``, ``subseed``, ...) are kept and shown under the seed. The img2img
+        tab's fields (``resize_mode``, ``mask_blur``, ``inpainting_fill``, ``soft_inpainting``, ...) set its
+        controls. Invalid values raise ``ValueError``/``TypeError`` (from :class:`GenerationParams`) and change
+        nothing.
         """
         changes = {**(params or {}), **changes}
         if "sampler_name" in changes:
@@ -107,19 +181,28 @@ class Panel:
         if not wanted.get("enable_hr"):
             wanted = {k: v for k, v in wanted.items() if k not in HIRES_CONTROLS}
         self._validated(wanted)  # raises before any control changes
+        blur = changes.get("mask_blur_x"), changes.get("mask_blur_y")
+        if blur[0] is not None and blur[0] == blur[1]:  # one blur for both: the Mask blur slider
+            changes = {k: v for k, v in changes.items() if k not in ("mask_blur_x", "mask_blur_y")}
+            changes["mask_blur"] = blur[0]
         for key, value in changes.items():
             if key in CONTROLS or key in HIRES_CONTROLS:
-                widget = getattr(self.w, key)
                 if value is None:  # "the job's default" (hr_upscaler, denoising_strength): the control's default
                     value = _DEFAULTS[key]
-                if isinstance(widget, w.Dropdown) and value not in widget.options:
-                    widget.options = [*widget.options, value]  # e.g. an upscaler registered after the panel
-                if isinstance(widget, w.IntSlider | w.FloatSlider):
-                    widget.max = max(widget.max, value)  # a pasted 300 steps is not clamped to 150
-                    widget.min = min(widget.min, value)
-                widget.value = value
+                _set_control(getattr(self.w, key), value)
             elif key == "enable_hr":
                 self.w.enable_hr.value = bool(value)
+            elif key in IMG2IMG_CONTROLS or key in INPAINT_CONTROLS:
+                if key == "mask_blur":
+                    if value is None:  # x and y differ: they are kept as fields without a control (below)
+                        continue
+                    self._extra.pop("mask_blur_x", None)
+                    self._extra.pop("mask_blur_y", None)
+                if value is None:  # initial_noise_multiplier: 1.0
+                    value = _DEFAULTS[key]
+                _set_control(getattr(self.w, key), bool(value) if isinstance(_DEFAULTS[key], bool) else value)
+            elif key == "soft_inpainting":
+                self._set_soft_inpainting(value)
             elif key in _FIELDS:
                 if value == _DEFAULTS[key] or (key == "styles" and not value):
                     self._extra.pop(key, None)
@@ -127,15 +210,35 @@ class Panel:
                     self._extra[key] = value
         self._show_extra()
 
+    def _set_soft_inpainting(self, settings) -> None:
+        """The soft inpainting checkbox and sliders from None (off), a ``SoftInpainting`` or a dict of its fields."""
+        self.w.soft_inpainting.value = bool(settings)
+        if settings and settings is not True:
+            values = settings if isinstance(settings, dict) else {n: getattr(settings, n) for n in self.w.soft_sliders}
+            for name, value in values.items():
+                _set_control(self.w.soft_sliders[name], value)
+
     def _validated(self, params: dict) -> GenerationParams:
         """``params`` checked as the session's jobs check them (its registered upscalers are names too)."""
         return GenerationParams.from_kwargs(**params, known_upscalers=self.session.upscalers.files)
 
     @property
     def code(self) -> str:
-        """The exact ``session.txt2img(...)`` call for :attr:`params`."""
+        """The exact ``session.txt2img(...)`` call for :attr:`params` or, after the img2img tab was last chosen,
+        :attr:`img2img_code`."""
+        if self._code_call == "img2img":
+            return self.img2img_code
         lines = [f"    {key}={value!r}," for key, value in self.params.items()]
         return "result = session.txt2img(\n" + "\n".join(lines) + "\n)"
+
+    @property
+    def img2img_code(self) -> str:
+        """The exact ``session.img2img(...)`` call for :attr:`img2img_params`; the images are the panel's
+        (``panel.init_image``, ``panel.mask``)."""
+        images = {"init_images": "[panel.init_image]", "mask": "panel.mask"}
+        lines = [f"    {key}={images[key] if key in images else repr(value)},"
+                 for key, value in self.img2img_params.items()]
+        return "result = session.img2img(\n" + "\n".join(lines) + "\n)"
 
     # actions (one public API call each) ------------------------------------------------------------------
     @property
@@ -147,13 +250,17 @@ class Panel:
         self._start(self.session.txt2img, self.params)
 
     def generate_img2img(self, _button=None) -> None:
-        """Start ``session.img2img(init_images=[...], denoising_strength=..., **panel.params)``."""
-        if self._init_image is None:
+        """Start ``session.img2img(**panel.img2img_params)`` (the img2img tab's Generate button); in the inpaint
+        modes, a missing mask is said before anything runs."""
+        params = self.img2img_params
+        images = {key: params.pop(key) for key in ("init_images", "mask") if key in params}
+        if images["init_images"] is None:
             self._show_error(self.t["no_init_image"])
             return
-        init = [self._init_image]
-        self._start(lambda hooks, **p: self.session.img2img(init_images=init, hooks=hooks, **p),
-                    {**self.params, "denoising_strength": self.w.img2img_strength.value})
+        if "mask" in images and images["mask"] is None:
+            self._show_error(self.t["no_mask" if self.w.img2img_mode.value == "inpaint" else "no_mask_upload"])
+            return
+        self._start(lambda hooks, **p: self.session.img2img(hooks=hooks, **images, **p), params)
 
     def _xyz_spec(self) -> list:
         return [(a.value, v.value) if a.value != "Nothing" else None
@@ -208,8 +315,13 @@ class Panel:
         dropped = sorted(k for k in found if k not in _FIELDS)
         for key in _OPTIONAL_INFOTEXT:
             applied.setdefault(key, _DEFAULTS[key])
+        for key, value in _INFOTEXT_IMG2IMG_DEFAULTS.items():  # A1111's paste assumes these when they are absent
+            if key in _FIELDS:
+                applied.setdefault(key, value)
         self._extra.clear()  # A1111 resets what an infotext leaves out (clip skip, variation seed, ...)
         self.set_params(applied)
+        if applied.get("denoising_strength") is not None:  # A1111 pastes it into its img2img tab's slider too
+            _set_control(self.w.img2img_strength, applied["denoising_strength"])
         note = self.t["pasted"]
         if dropped:
             note += " " + self.t["dropped"].format(keys=", ".join(dropped))
@@ -258,6 +370,18 @@ class Panel:
         ui.xyz_run.on_click(self.run_xyz)
         ui.generate_img2img.on_click(self.generate_img2img)
         ui.init_upload.observe(self._on_init_upload, names="value")
+        ui.mask_upload.observe(self._on_mask_upload, names="value")
+        ui.img2img_mode.observe(lambda c: self._show_mode(c["new"]), names="value")
+        ui.soft_inpainting.observe(lambda c: setattr(ui.soft_box.layout, "display", "" if c["new"] else "none"),
+                                   names="value")
+        ui.tabs.observe(self._on_tab, names="selected_index")
+        ui.mask_blur.observe(lambda _: self._drop_extra("mask_blur_x", "mask_blur_y"), names="value")
+        img2img_controls = ("img2img_mode", "img2img_strength", *IMG2IMG_CONTROLS, *INPAINT_CONTROLS,
+                            "soft_inpainting")
+        for widget in (*(getattr(ui, n) for n in img2img_controls), *ui.soft_sliders.values()):
+            widget.observe(lambda _: self._update_code(), names="value")
+        if self._painter is not None:
+            self._painter.observe(lambda _: self._update_code(), names="mask")
         ui.refresh_models.on_click(lambda _: self._guard(self._refresh_models))
         ui.load.on_click(lambda _: self._load_model(ui.checkpoint.value))
         ui.apply_vae.on_click(lambda _: self._guard(self._apply_vae, ui.vae.value))
@@ -287,6 +411,11 @@ class Panel:
         self.w.extra.value = html.escape(self.t["other_params"].format(items=items)) if items else ""
         self.w.clear_extra.layout.display = "" if items else "none"
         self._update_code()
+
+    def _drop_extra(self, *keys) -> None:
+        dropped = [self._extra.pop(key, None) for key in keys]
+        if any(value is not None for value in dropped):
+            self._show_extra()
 
     def _clear_extra(self, _button=None) -> None:
         self._extra.clear()
@@ -319,7 +448,39 @@ class Panel:
 
     def _set_init_image(self, image: Image.Image) -> None:
         self._init_image = image
-        self.w.init_image.value = png_bytes(image)
+        self.w.init_image.value = png = png_bytes(image)
+        if self._painter is not None:
+            self._painter.set_image(image, png)  # a new image starts with no mask painted
+        self._update_code()
+
+    def _on_mask_upload(self, change) -> None:
+        files = _upload_files(change["new"])
+        if files:
+            self._guard(self._set_mask_upload, files[-1][1])
+
+    def _set_mask_upload(self, data: bytes) -> None:
+        """The "Inpaint upload" mask, kept as A1111's upload field holds it (RGBA: a mask with transparency is its
+        alpha, any other its grey levels; ``session.img2img`` reads it so)."""
+        mask = Image.open(io.BytesIO(data)).convert("RGBA")
+        self._mask_upload = mask
+        self.w.mask_preview.value = png_bytes(mask)
+        self.w.mask_preview.layout.display = ""
+        self._update_code()
+
+    def _show_mode(self, mode: str) -> None:
+        """The img2img tab's mode: the painter (Inpaint) or the mask upload (Inpaint upload) and the inpainting
+        controls, or neither (img2img)."""
+        ui = self.w
+        ui.init_image.layout.display = "none" if mode == "inpaint" else ""  # the painter shows the image
+        ui.painter_box.layout.display = "" if mode == "inpaint" else "none"
+        ui.mask_upload_box.layout.display = "" if mode == "inpaint_upload" else "none"
+        ui.inpaint_controls.layout.display = "none" if mode == "img2img" else ""
+
+    def _on_tab(self, change) -> None:
+        """"Copy as code" shows the call of the generation tab chosen last (txt2img or img2img)."""
+        if change["new"] in (0, 1):
+            self._code_call = "txt2img" if change["new"] == 0 else "img2img"
+            self._update_code()
 
     def _insert(self, text: str) -> None:
         if text:
