@@ -81,6 +81,8 @@ def _inputs(case):
     fields = dict(case["fields"])
     if "mask_blur" in fields:  # A1111's mask_blur sets both axes
         fields["mask_blur_x"] = fields["mask_blur_y"] = fields.pop("mask_blur")
+    if "latent_mask" in fields:  # A1111's p.latent_mask, an image
+        fields["latent_mask"] = Image.fromarray(a1111(f"mask_{fields['latent_mask']}"))
     return pictures[case["picture"]], mask, fields
 
 
@@ -122,4 +124,5 @@ def test_the_fixture_covers_what_the_issue_asks():
     assert any(x.get("mask_blur_x", 4) != x.get("mask_blur_y", 4) for x in f)
     assert any(x.get("mask_round") is False for x in f) and any(x.get("inpainting_mask_invert") for x in f)
     assert {c["mask"] for c in cases} == {"drawn", "drawn_small", "soft_alpha", "blank"}
+    assert any("latent_mask" in x for x in f)
     assert META["libraries"]["Pillow"] == "9.5.0"
