@@ -154,7 +154,8 @@ def test_prepare_blank_mask_in_only_masked_falls_back_to_img2img_with_a1111s_com
 def test_prepare_whole_picture_resizes_a_mask_of_another_size_but_only_masked_refuses_it():
     picture, small = Image.new("RGB", (64, 48)), masks.rectangle((32, 24), (8, 8, 16, 16))
     assert masks.prepare(picture, small, width=64, height=48, inpaint_full_res=False).mask.size == (64, 48)
-    with pytest.raises(ValueError, match="mask is 32x24 but the picture is 64x48"):
+    with pytest.raises(ValueError, match=r"mask is 32x24 but the init image is 64x48: 'Only masked' .* or use 'Whole "
+                                         r"picture' \(inpaint_full_res=False\), where the mask is resized"):
         masks.prepare(picture, small, width=64, height=48)
 
 

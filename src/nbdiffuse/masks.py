@@ -458,7 +458,13 @@ def prepare(init_image: Image.Image, mask, *, width: int, height: int, resize_mo
     if inpaint_full_res_padding < 0:
         raise ValueError(f"inpaint_full_res_padding={inpaint_full_res_padding!r}: the padding is in pixels, 0 or more")
     latent_size = (width // 8, height // 8) if latent_size is None else _check_size(latent_size, "latent_size")
-    binary = as_mask(mask, init_image.size if inpaint_full_res else None, round=mask_round)
+    binary = as_mask(mask, round=mask_round)
+    if inpaint_full_res and binary.size != init_image.size:
+        raise ValueError(f"mask is {binary.width}x{binary.height} but the init image is {init_image.width}x"
+                         f"{init_image.height}: 'Only masked' (inpaint_full_res=True) finds the crop region in the "
+                         f"mask's pixels and cuts it from the image, so they must have the same size. Resize the mask "
+                         f"(mask.resize(image.size)) or use 'Whole picture' (inpaint_full_res=False), where the mask "
+                         f"is resized with resize_mode as A1111 does")
     if (not inpaint_full_res and resize_mode == 3 and inpainting_fill != 1
             and init_image.size != (width, height)):
         # A1111 leaves the picture at its size for mode 3 and masking.fill then fails on the job-size mask.
