@@ -269,11 +269,11 @@ def bad_files(files, d):
     p = d / "missing.safetensors"
     save_file({k: v for k, v in load_file(good).items() if "output_blocks.2.0" not in k}, p)
     out.append((p, "unknown architecture|missing"))
-    p = d / "inpaint.safetensors"
+    p = d / "instruct-pix2pix.safetensors"  # inpainting UNets (9 channels) load; 8 is instruct-pix2pix
     sd = load_file(good)
-    sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 9, 3, 3)
+    sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 8, 3, 3)
     save_file(sd, p)
-    out.append((p, "9 input"))
+    out.append((p, "8 input channels: an instruct-pix2pix model"))
     p = d / "vae_only.safetensors"
     save_file({k.removeprefix("first_stage_model."): v for k, v in load_file(good).items()
                if k.startswith("first_stage_model.")}, p)

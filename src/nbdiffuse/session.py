@@ -211,11 +211,14 @@ class Session:
 
     @staticmethod
     def _say_loaded(bundle: ModelBundle) -> None:
-        """``info["load_line"]``: the loader's timings, then the precision, attention and memory the model runs
-        with now (what :meth:`load`, :meth:`load_vae`, :meth:`set_attention` and ``memory = ...`` recorded)."""
+        """``info["load_line"]``: the loader's timings, whether it is an inpainting model, then the precision,
+        attention and memory the model runs with now (what :meth:`load`, :meth:`load_vae`, :meth:`set_attention`
+        and ``memory = ...`` recorded)."""
         precision = bundle.info.get("precision")
         attention = bundle.info.get("attention")
-        parts = (bundle.info.get("report"), precision.describe() if isinstance(precision, Policy) else None,
+        inpainting = "inpainting model (9-channel UNet: the mask and masked image go in)" if bundle.is_inpainting \
+            else None
+        parts = (bundle.info.get("report"), inpainting, precision.describe() if isinstance(precision, Policy) else None,
                  f"attention {attention}" if attention else None, bundle.info.get("memory"))
         bundle.info["load_line"] = "; ".join(part for part in parts if part)
 

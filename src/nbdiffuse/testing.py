@@ -1,6 +1,8 @@
 """Tiny, randomly initialised Stable Diffusion models of the real architectures, for tests and demos.
 
-``tiny_sd1()``, ``tiny_sd2()`` and ``tiny_sdxl()`` build, from config and in a few tens of milliseconds,
+``tiny_sd1()``, ``tiny_sd2()`` and ``tiny_sdxl()`` (``inpainting=True``: with a 9-channel UNet input, as
+inpainting checkpoints have; :func:`tiny_checkpoint` writes one as a single file) build, from config and in a few
+tens of milliseconds,
 the same diffusers/transformers classes a real checkpoint uses (``UNet2DConditionModel``,
 ``AutoencoderKL``, ``CLIPTextModel`` / ``CLIPTextModelWithProjection``) with the real CLIP tokenizer(s)
 and SD's real noise schedule, but with tiny widths. Their outputs are meaningless noise; what matters is
@@ -83,9 +85,10 @@ def _ensure_nonzero_output(unet: torch.nn.Module) -> None:
 
 
 def _build(seed: int, arch: str, prediction_type: str, tokenizer_kinds: tuple[str, ...], unet: dict,
-           vae_scaling: float, text_encoders) -> ModelBundle:
+           vae_scaling: float, text_encoders, inpainting: bool = False) -> ModelBundle:
     """Build a tiny bundle under ``seed``: the UNet (``unet``: its config beyond the common part), the VAE, then
-    ``text_encoders(tokenizers)`` (the modules, in this order, so each seed gives the same weights as ever)."""
+    ``text_encoders(tokenizers)`` (the modules, in this order, so each seed gives the same weights as ever).
+    ``inpainting``: a 9-channel UNet input (latents, mask, masked-image latents), as inpainting checkpoints have."""
     import time
 
     from diffusers import UNet2DConditionModel
@@ -94,7 +97,8 @@ def _build(seed: int, arch: str, prediction_type: str, tokenizer_kinds: tuple[st
     tokenizers = [clip_tokenizer(kind) for kind in tokenizer_kinds]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = UNet2DConditionModel(sample_size=SAMPLE_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
+        model = UNet2DConditionModel(sample_size=SAMPLE_SIZE, in_channels=9 if inpainting else 4, out_channels=4,
+                                     layers_per_block=1,
                                      block_out_channels=(32, 64), norm_num_groups=8, **unet)
         vae = _vae(vae_scaling)
         encoders = text_encoders(tokenizers)
@@ -106,15 +110,19 @@ def _build(seed: int, arch: str, prediction_type: str, tokenizer_kinds: tuple[st
         module.requires_grad_(False)
     return ModelBundle(unet=model, vae=vae, text_encoders=encoders, tokenizers=tokenizers, arch=arch,
                        prediction_type=prediction_type, alphas_cumprod=scaled_linear_alphas_cumprod(),
-                       name=f"tiny-{arch}", info={"source": "nbdiffuse.testing", "build_s": time.perf_counter() - t0})
+                       name=f"tiny-{arch}-inpainting" if inpainting else f"tiny-{arch}",
+                       info={"source": "nbdiffuse.testing", "build_s": time.perf_counter() - t0})
 
 
-def tiny_sd1(seed: int = 0) -> ModelBundle:
+def tiny_sd1(seed: int = 0, *, inpainting: bool = False) -> ModelBundle:
     """A tiny random SD 1.x: CLIP-L-style text encoder (quick_gelu, pad 49407), epsilon prediction.
+    ``inpainting=True``: a 9-channel UNet input, like ``sd-v1-5-inpainting``.
 
     >>> bundle = tiny_sd1()
     >>> bundle.arch, bundle.prediction_type, bundle.native_size
     ('sd1', 'epsilon', (64, 64))
+    >>> tiny_sd1(inpainting=True).unet.config.in_channels
+    9
     """
     from transformers import CLIPTextModel
 
@@ -122,12 +130,13 @@ def tiny_sd1(seed: int = 0) -> ModelBundle:
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_HIDDEN,
                 attention_head_dim=8)  # SD1's config: 8 heads (diffusers' historical misnomer)
     return _build(seed, "sd1", "epsilon", ("clip_l",), unet, 0.18215, lambda tok: [
-        CLIPTextModel(_text_config(TEXT_HIDDEN, "quick_gelu", tok[0].pad_token_id))])
+        CLIPTextModel(_text_config(TEXT_HIDDEN, "quick_gelu", tok[0].pad_token_id))], inpainting)
 
 
-def tiny_sd2(seed: int = 0) -> ModelBundle:
+def tiny_sd2(seed: int = 0, *, inpainting: bool = False) -> ModelBundle:
     """A tiny random SD 2.x (768-v style): OpenCLIP-style text encoder (gelu, pad "!" = 0), v-prediction,
-    linear-projection transformers with per-block head counts.
+    linear-projection transformers with per-block head counts. ``inpainting=True``: a 9-channel UNet input and
+    epsilon prediction, like ``512-inpainting-ema``.
 
     >>> bundle = tiny_sd2()
     >>> bundle.arch, bundle.prediction_type
@@ -137,15 +146,16 @@ def tiny_sd2(seed: int = 0) -> ModelBundle:
 
     unet = dict(down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_HIDDEN,
-                attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=True)
-    return _build(seed, "sd2", "v_prediction", ("open_clip",), unet, 0.18215, lambda tok: [
-        CLIPTextModel(_text_config(TEXT_HIDDEN, "gelu", tok[0].pad_token_id))])
+                attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=not inpainting)
+    return _build(seed, "sd2", "epsilon" if inpainting else "v_prediction", ("open_clip",), unet, 0.18215,
+                  lambda tok: [CLIPTextModel(_text_config(TEXT_HIDDEN, "gelu", tok[0].pad_token_id))], inpainting)
 
 
-def tiny_sdxl(seed: int = 0) -> ModelBundle:
+def tiny_sdxl(seed: int = 0, *, inpainting: bool = False) -> ModelBundle:
     """A tiny random SDXL: CLIP-L-style ``text_encoder`` (hidden 32) + OpenCLIP-style
     ``text_encoder_2`` with projection (hidden 64, projection 32); UNet cross-attention dim 96 (their
     concatenation), ``text_time`` added conditioning (6 time ids x 8 + 32 pooled = 80), epsilon.
+    ``inpainting=True``: a 9-channel UNet input, like ``sd_xl_inpaint`` / diffusers' SDXL inpainting 0.1.
 
     >>> bundle = tiny_sdxl()
     >>> bundle.arch, len(bundle.text_encoders)
@@ -161,7 +171,25 @@ def tiny_sdxl(seed: int = 0) -> ModelBundle:
     return _build(seed, "sdxl", "epsilon", ("clip_l", "open_clip"), unet, 0.13025, lambda tok: [
         CLIPTextModel(_text_config(TEXT_HIDDEN, "quick_gelu", tok[0].pad_token_id)),
         CLIPTextModelWithProjection(_text_config(TEXT_HIDDEN_2, "gelu", tok[1].pad_token_id,
-                                                 projection_dim=SDXL_TEXT_PROJECTION))])
+                                                 projection_dim=SDXL_TEXT_PROJECTION))], inpainting)
+
+
+def tiny_checkpoint(path, arch: str = "sd1", *, inpainting: bool = False, seed: int = 0) -> Path:
+    """Write a tiny random model of ``arch`` ("sd1", "sd2", "sdxl") as an A1111 single-file checkpoint (LDM key
+    names, safetensors; :func:`nbdiffuse.models.save_checkpoint`) for loader and job tests; returns the path.
+
+    >>> import tempfile, pathlib
+    >>> from nbdiffuse.models import load_checkpoint
+    >>> path = tiny_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "inpaint.safetensors", inpainting=True)
+    >>> load_checkpoint(path, hash=False).is_inpainting
+    True
+    """
+    from nbdiffuse.models.save import save_checkpoint
+
+    makers = {"sd1": tiny_sd1, "sd2": tiny_sd2, "sdxl": tiny_sdxl}
+    if arch not in makers:
+        raise ValueError(f"tiny_checkpoint: unknown arch {arch!r}; expected one of {', '.join(makers)}")
+    return save_checkpoint(makers[arch](seed, inpainting=inpainting), path)
 
 
 def _scheduler_kwargs(bundle: ModelBundle) -> dict:

@@ -268,8 +268,8 @@ def checked_replacement(hook: Hook, out, state: StepState) -> torch.Tensor:
 def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds: Sequence[int],
              shape: Sequence[int], *, init: torch.Tensor | None = None, hooks: Sequence[Hook] = (),
              control: JobControl | None = None, progress: Progress | None = None,
-             extra: Mapping | None = None, blend: LatentBlend | None = None
-             ) -> Generator[StepState, None, PassOutcome]:
+             extra: Mapping | None = None, blend: LatentBlend | None = None,
+             image_cond: torch.Tensor | None = None) -> Generator[StepState, None, PassOutcome]:
     """Sample one batch: yields every step (hooks applied), returns a :class:`PassOutcome`.
 
     Noise comes from one generator per seed, drawn as ``plan.noise`` says (A1111's ImageRNG, recreated for every
@@ -282,6 +282,9 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
     noised to ``plan.noise_sigma`` (``x_vp = (init + noise * (noise_sigma + extra_noise)) / sqrt(1 +
     noise_sigma^2)``: A1111's ``x sqrt(abar) + noise sqrt(1 - abar) + noise * extra * sqrt(abar)``), and the pass
     returns their last latent in VP scale (A1111 decodes it, still slightly noisy), not the last x0 estimate.
+
+    ``image_cond`` (inpainting models): the ``(batch or 1, 5, h, w)`` mask + masked-image latents the UNet takes
+    after the latents at every call (:mod:`nbdiffuse.models.inpainting`).
 
     ``blend`` (inpainting) blends every model call with the init latents (:class:`LatentBlend`) and the end result
     once more; the first noise draw is scaled by ``plan.noise_multiplier``.
@@ -319,7 +322,7 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
             return rng.next().to(device)
     denoiser.vp_time = spec.grid is not None  # UniPC evaluates the model between table timesteps, the VP way
     guider = CFGDenoiser(denoiser, plan.conds, plan.uncond, plan.cfg_scale, time_ids=plan.time_ids,
-                         empty=plan.empty, need_uncond=spec.needs_uncond)
+                         empty=plan.empty, need_uncond=spec.needs_uncond, image_cond=image_cond)
     run_options = dict(plan.options)
     if spec.needs_uncond:
         run_options["uncond"] = lambda: guider.last_uncond

@@ -15,6 +15,9 @@ The story of one batch (A1111 ``StableDiffusionProcessingTxt2Img.sample_hr_pass`
    (:func:`~nbdiffuse.jobs.img2img.img2img_grid` with ``t_enc = steps - 1``): ``steps - 2`` steps for DDIM and
    PLMS, ``steps - 1`` for UniPC.
 
+An inpainting model (9-channel UNet) also gets A1111's image conditioning for the second pass, from the upscaled
+latents or pixels (:func:`~nbdiffuse.jobs.inpainting_model.hires_conditioning`), cropped like them.
+
 Deviation from A1111, output format kept: with ``denoising_strength=0`` A1111 asks for a 0-step schedule and
 fails; here the second pass is skipped and the upscaled latents are decoded as they are.
 """
@@ -54,6 +57,7 @@ from .driver import (
 )
 from .fields import infotext_fields
 from .img2img import img2img_noise_sigma, img2img_schedule, img2img_sigmas
+from .inpainting_model import hires_conditioning, mask_weight, mask_weight_fields
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
@@ -86,6 +90,7 @@ class HiresPlan:
     truncate: tuple[int, int]
     steps: int  # hires steps requested (the pass runs exactly these)
     upscalers: Upscalers | None = None  # what loads a model upscaler (a session's session.upscalers)
+    mask_weight: float | None = None  # an inpainting model's "Conditional mask weight" (None: not one)
 
 
 def hires_sigmas(bundle, p: GenerationParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,21 +121,24 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
                      tree_sigmas=whole, extra_noise=p.extra_noise,
                      noise_sigma=img2img_noise_sigma(steps, denoising, bundle, spec2, fixed_steps=True))
     return HiresPlan(bundle, plan, denoising, p.hr_upscaler or "Latent", p.hr_upscale_to, p.hr_truncate, steps,
-                     upscalers)
+                     upscalers, mask_weight(bundle, p))
 
 
 def upscale_for_hires(plan: HiresPlan, latents: torch.Tensor, notes: list[str]) -> torch.Tensor:
     """Steps 2-3: the first pass's latents upscaled to the hires size (latent or pixel upscaler), cropped."""
+    return crop_latents(_upscaled(plan, latents, notes)[0], *plan.truncate)
+
+
+def _upscaled(plan: HiresPlan, latents: torch.Tensor, notes: list[str]) -> tuple[torch.Tensor, list | None]:
+    """Step 2: the upscaled latents, not yet cropped, and the upscaled images a pixel upscaler made (else None)."""
     bundle = plan.bundle
     factor = bundle.vae_scale_factor
     to_x, to_y = plan.upscale_to
     if is_latent(plan.upscaler):
-        z = upscale_latents(latents.float(), plan.upscaler, (to_y // factor, to_x // factor))
-    else:
-        images = decode(bundle, latents, notes)
-        images = [resize_image(0, im, to_x, to_y, plan.upscaler, plan.upscalers) for im in images]
-        z = encode(bundle, images)
-    return crop_latents(z, *plan.truncate)
+        return upscale_latents(latents.float(), plan.upscaler, (to_y // factor, to_x // factor)), None
+    images = decode(bundle, latents, notes)
+    images = [resize_image(0, im, to_x, to_y, plan.upscaler, plan.upscalers) for im in images]
+    return encode(bundle, images), images
 
 
 def hires_pass(plan: HiresPlan, denoiser: Denoiser, latents: torch.Tensor, seeds: Sequence[int],
@@ -142,14 +150,19 @@ def hires_pass(plan: HiresPlan, denoiser: Denoiser, latents: torch.Tensor, seeds
     When the first pass was stopped (interrupt/skip) the second pass is not run: the first pass's x0 estimate
     is only upscaled, so every image of a job has the same size."""
     notes: list[str] = []
-    z = upscale_for_hires(plan, latents, notes)
+    upscaled, images = _upscaled(plan, latents, notes)
+    z = crop_latents(upscaled, *plan.truncate)
     if first_pass_stopped:
         notes.append("The first pass was stopped early: its images were upscaled without the second pass.")
         return PassOutcome(z, notes=notes)
     if plan.denoising == 0:
         return PassOutcome(z, notes=notes)
+    image_cond = None
+    if plan.mask_weight is not None:
+        image_cond = crop_latents(hires_conditioning(plan.bundle, upscaled, images, plan.mask_weight),
+                                  *plan.truncate)
     outcome = yield from run_pass(plan.pass_plan, denoiser, seeds, subseeds, tuple(z.shape[1:]), init=z,
-                                  hooks=hooks, control=control, progress=progress, extra=extra)
+                                  hooks=hooks, control=control, progress=progress, extra=extra, image_cond=image_cond)
     outcome.notes = notes + outcome.notes
     if outcome.x is None:
         outcome.x = z
@@ -212,7 +225,8 @@ def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, 
 
     def save(x, seeds, subseeds):
         return decode_and_save(bundle, x, seeds, lambda i: infotext_fields(
-            p, bundle, seeds[i], subseeds[i], func, denoising=plan.denoising, encoder=encoder),
+            p, bundle, seeds[i], subseeds[i], func, denoising=plan.denoising, encoder=encoder,
+            extra=mask_weight_fields(bundle, p, "txt2img", is_latent(plan.upscaler))),
             (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings, control)
 
     done = yield from run_batches(seed_batches(seeds, subseeds, p.batch_size), sample, save, control, notes)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.inpainting import txt2img_conditioning
 from ..prompts.conditioning import TextEncoder
 from ..prompts.styles import Style
 from ..sampling.base import StepState
@@ -37,10 +38,11 @@ from .driver import (
 )
 from .fields import infotext_fields
 from .hires import hires_pass, plan_hires
+from .inpainting_model import mask_weight_fields
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
-from .upscalers import Upscalers
+from .upscalers import Upscalers, is_latent
 
 
 def first_pass_sigmas(bundle, p: GenerationParams) -> torch.Tensor:
@@ -78,17 +80,20 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
     t = time.perf_counter()
     plan = plan_pass(bundle, p, encoder, prompt, negative, first_pass_sigmas(bundle, p))
     hires = plan_hires(bundle, p, encoder, styles, notes, upscalers) if p.enable_hr else None
-    timings["encode_s"] += time.perf_counter() - t
-
     factor = bundle.vae_scale_factor
     shape = (bundle.latent_channels, p.height // factor, p.width // factor)
+    # an inpainting model makes the whole picture: A1111's grey image and all-ones mask
+    image_cond = txt2img_conditioning(bundle, shape[1:]) if bundle.is_inpainting else None
+    timings["encode_s"] += time.perf_counter() - t
+    infotext_extra = mask_weight_fields(bundle, p, "txt2img", is_latent(hires.upscaler) if hires else None)
+
     denoiser = denoiser_for(bundle)
     denoising = hires.denoising if hires is not None else None
 
     def sample(n, seeds, subseeds):
         extra = {"iteration": n}
         first = took((yield from run_pass(plan, denoiser, seeds, subseeds, shape, hooks=hooks, control=control,
-                                          progress=progress, extra=extra)), notes, timings)
+                                          progress=progress, extra=extra, image_cond=image_cond)), notes, timings)
         if first.x is None or hires is None:
             return first.x, first.interrupted
         second = took((yield from hires_pass(hires, denoiser, first.x, seeds, subseeds,
@@ -98,7 +103,7 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
 
     def save(x, seeds, subseeds):
         return decode_and_save(bundle, x, seeds, lambda i: infotext_fields(
-            p, bundle, seeds[i], subseeds[i], spec.func, encoder=encoder, denoising=denoising),
+            p, bundle, seeds[i], subseeds[i], spec.func, encoder=encoder, denoising=denoising, extra=infotext_extra),
             (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings, control)
 
     done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control, notes)

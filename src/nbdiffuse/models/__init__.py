@@ -13,6 +13,8 @@ _LAZY = {
     "load_checkpoint": ".checkpoint", "inspect_checkpoint": ".checkpoint", "load_vae": ".checkpoint",
     "import_model_classes": ".checkpoint",  # a first load's import stage, done ahead (warm a process, time loads)
     "save_checkpoint": ".save",
+    # the mask + masked-image latents an inpainting model (9-channel UNet) takes, as A1111 makes them
+    "inpainting_conditioning": ".inpainting", "txt2img_conditioning": ".inpainting",
     # tiny random models of the real architectures, built from config in a second (tests, teaching, benchmarks)
     "tiny_sd1": "..testing", "tiny_sd2": "..testing", "tiny_sdxl": "..testing",
 }

@@ -11,6 +11,10 @@ No configs are fetched; everything not in the file is inferred here:
   distilled SDXL variants with fewer blocks, asymmetric between down and up side, load), linear vs conv
   projections, cross-attention width, the added-conditioning width (SDXL: 6 time ids for base, 5 for the refiner);
   Turbo/Lightning/Hyper checkpoints have SDXL base shapes and load as ``sdxl``;
+- the UNet's input channels: 4 for text-to-image, 9 for inpainting checkpoints (SD1 ``sd-v1-5-inpainting``, SD2
+  ``512-inpainting-ema``, SDXL ``sd_xl_inpaint`` / diffusers' SDXL inpainting 0.1), whose UNet also takes the
+  mask and the masked image's latents (:mod:`nbdiffuse.models.inpainting`); 8 (instruct-pix2pix) and other counts
+  are refused with their name;
 - what shapes cannot tell follows SD's conventions: 8 attention heads for SD1, 64-channel heads otherwise, 32
   GroupNorm groups, SD2-v upcasts attention; a checkpoint written by :func:`nbdiffuse.models.save_checkpoint`
   carries these in its metadata (``nbdiffuse.config``), which is how tiny test models round-trip exactly;
@@ -20,7 +24,8 @@ No configs are fetched; everything not in the file is inferred here:
   ``modelspec.prediction_type``); a ``<name>.yaml`` next to the file with ``parameterization: "v"`` (A1111's
   convention); a ``v_pred`` key (ComfyUI's convention for SDXL v-pred checkpoints); for SD2 without any of these,
   A1111's test (``is_using_v_parameterization_for_sd2``): run the UNet once on a constant 0.5 latent and context
-  at t=999 and call it v-prediction when ``mean(out - x) < -1``; otherwise epsilon.
+  at t=999 and call it v-prediction when ``mean(out - x) < -1``; otherwise epsilon (an SD2 inpainting UNet is
+  epsilon without the test, as A1111 gives it ``v2-inpainting-inference.yaml`` before testing).
 
 Problems raise :class:`~nbdiffuse.models.errors.ModelLoadError` naming the file.
 
@@ -43,6 +48,9 @@ from nbdiffuse.models.state_dict import StateDict
 
 ARCH_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL base", "sdxl_refiner": "SDXL refiner"}
 SDXL_BASE_TRANSFORMER_BLOCKS = 70
+LATENT_CHANNELS = 4
+# An inpainting UNet's extra input channels: A1111's c_concat, the mask (1) and the masked image's latents (4)
+INPAINT_CHANNELS = 5
 # metadata hints save_checkpoint writes and the loader honours (hyper-parameters that shapes cannot tell)
 HINT_KEYS = {
     "unet": ("attention_head_dim", "norm_num_groups", "sample_size", "upcast_attention", "norm_eps"),
@@ -99,6 +107,24 @@ def detect_family(sd: StateDict) -> str:
                                   "(cond_stage_model.transformer/.model or conditioner.embedders.*)")
 
 
+def unet_channels_problem(in_channels: int, out_channels: int) -> str | None:
+    """Why a UNet with these input/output channels cannot run here (None when it can): text-to-image UNets take 4
+    latent channels, inpainting UNets 9 (A1111's ``sd_models_config``: ``input_blocks.0.0.weight.shape[1] == 9``
+    -> ``v1-inpainting-inference.yaml``, ``v2-inpainting-inference.yaml``, ``sd_xl_inpaint.yaml``); 8 is
+    instruct-pix2pix, which nbdiffuse does not run.
+
+    >>> unet_channels_problem(9, 4) is None
+    True
+    """
+    if out_channels == LATENT_CHANNELS and in_channels in (LATENT_CHANNELS, LATENT_CHANNELS + INPAINT_CHANNELS):
+        return None
+    if in_channels == 8 and out_channels == LATENT_CHANNELS:
+        return ("a UNet with 8 input channels: an instruct-pix2pix model (image-edit conditioning), which nbdiffuse "
+                "does not run; text-to-image (4 input channels) and inpainting (9) checkpoints load")
+    return (f"a UNet with {in_channels} input / {out_channels} output channels; nbdiffuse runs text-to-image "
+            f"(4/4) and inpainting (9/4) UNets")
+
+
 def _count_blocks(shapes: dict, prefix: str) -> int:
     n = 0
     while f"{prefix}transformer_blocks.{n}.attn1.to_q.weight" in shapes:
@@ -125,9 +151,9 @@ def infer_unet_config(shapes: dict, family: str, hints: dict, path) -> tuple[dic
         fail("the UNet has no input_blocks.0.0 / out.2 convolutions")
     conv_in = shapes["input_blocks.0.0.weight"]
     in_channels, out_channels = conv_in[1], shapes["out.2.weight"][0]
-    if in_channels != 4 or out_channels != 4:
-        fail(f"a UNet with {in_channels} input / {out_channels} output channels (inpainting and instruct models "
-             "are not supported yet; text-to-image SD has 4/4)")
+    problem = unet_channels_problem(in_channels, out_channels)
+    if problem:
+        fail(problem)
     ids = sorted({int(k.split(".")[1]) for k in shapes if k.startswith("input_blocks.")})
     ops = [i for i in ids if f"input_blocks.{i}.0.op.weight" in shapes]
     levels = len(ops) + 1

@@ -46,7 +46,19 @@ class ModelBundle:
 
     @property
     def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        """Channels of the latents sampled (the UNet's output; an inpainting UNet takes 5 more as input)."""
+        return int(self.unet.config.out_channels)
+
+    @property
+    def is_inpainting(self) -> bool:
+        """An inpainting model: its UNet takes the mask and the masked image's latents (5 channels, A1111's
+        ``c_concat``) after the latents; :mod:`nbdiffuse.models.inpainting` makes them.
+
+        >>> from nbdiffuse.models import tiny_sd1
+        >>> tiny_sd1().is_inpainting, tiny_sd1(inpainting=True).is_inpainting
+        (False, True)
+        """
+        return int(self.unet.config.in_channels) == self.latent_channels + 5
 
     @property
     def vae_scale_factor(self) -> int:

@@ -29,6 +29,8 @@ import torch
 
 from nbdiffuse.models.architecture import (
     ARCH_NAMES,
+    INPAINT_CHANNELS,
+    LATENT_CHANNELS,
     SDXL_BASE_TRANSFORMER_BLOCKS,
     a1111_v_test,
     detect_family,
@@ -338,6 +340,9 @@ def _inspect(sd: StateDict, timings: dict) -> CheckpointPlan:
                              full_width and layout["transformer_blocks"] < SDXL_BASE_TRANSFORMER_BLOCKS):
         label = f"SDXL distilled (SSD-1B/Vega-like: {layout['transformer_blocks']} UNet transformer blocks, " \
                 f"SDXL base has {SDXL_BASE_TRANSFORMER_BLOCKS})"
+    inpainting = unet_config["in_channels"] == LATENT_CHANNELS + INPAINT_CHANNELS
+    if inpainting:
+        label = label.removesuffix(" base") + " inpainting"
     dtypes: dict[str, int] = {}
     for v in t.values():
         name = str(v.dtype).replace("torch.", "")
@@ -347,7 +352,7 @@ def _inspect(sd: StateDict, timings: dict) -> CheckpointPlan:
     info = {"format": sd.format, "arch": arch, "variant": label, "file_dtypes": dtypes,
             "unet_transformer_blocks": layout["transformer_blocks"], "vae_layout": vae.info.get("layout"),
             "text_encoders": [c.info for c in tes], "ignored_tensors": len(ignored),
-            "ignored_examples": ignored[:5], "metadata_config": bool(hints)}
+            "ignored_examples": ignored[:5], "metadata_config": bool(hints), "inpainting": inpainting}
     plan = CheckpointPlan(sd, arch, [unet, vae, *tes], kinds, hints, info,
                           {**timings, "build": time.perf_counter() - t0})
     return plan
@@ -388,7 +393,11 @@ def _build(plan: CheckpointPlan, *, device, dtype) -> ModelBundle:
     unet, vae, *tes = modules
     pred = prediction_from_hints(plan.sd)
     if pred is None:
-        if plan.arch == "sd2":
+        if plan.arch == "sd2" and plan.info.get("inpainting"):
+            # A1111 picks v2-inpainting-inference.yaml (no parameterization: eps) before its v test, which
+            # feeds a 4-channel latent a 9-channel UNet could not take
+            pred = ("epsilon", "SD2 inpainting (A1111's v2-inpainting-inference.yaml)")
+        elif plan.arch == "sd2":
             t = time.perf_counter()
             score = a1111_v_test(unet, unet.config.cross_attention_dim)
             pred = ("v_prediction" if score < -1 else "epsilon", f"A1111 SD2 test (mean(out - x) = {score:.3f})")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from nbdiffuse.models.architecture import unet_channels_problem
 from nbdiffuse.models.bundle import ModelBundle, scaled_linear_alphas_cumprod
 from nbdiffuse.models.precision import component_dtype
 
@@ -111,7 +112,10 @@ def load_diffusers_folder(path, *, device="cpu", dtype=torch.float32) -> ModelBu
     tokenizer; a missing schedule to SD's (scaled_linear 0.00085..0.012, epsilon).
 
     ``arch``: ``"sdxl"`` if there is a ``text_encoder_2/``; ``"sd2"`` if the text encoder uses ``gelu``
-    (OpenCLIP) or the scheduler says ``v_prediction``; otherwise ``"sd1"``. ``info`` records the
+    (OpenCLIP) or the scheduler says ``v_prediction``; otherwise ``"sd1"``. A UNet with 9 input channels is an
+    inpainting model (``runwayml/stable-diffusion-inpainting``, ``stabilityai/stable-diffusion-2-inpainting``,
+    diffusers' SDXL inpainting 0.1; ``bundle.is_inpainting``); other counts than 4 and 9 are refused (8:
+    instruct-pix2pix). ``info`` records the
     components' classes, tokenizer sources, scheduler settings and per-stage times (``info["timings"]``,
     seconds: ``configs``, ``unet``, ``vae``, ``text_encoders``, ``tokenizers``, ``to_device``, ``total``).
 
@@ -158,6 +162,9 @@ def load_diffusers_folder(path, *, device="cpu", dtype=torch.float32) -> ModelBu
         arch = "sd2"
     else:
         arch = "sd1"
+    problem = unet_channels_problem(int(unet_cfg.get("in_channels", 4)), int(unet_cfg.get("out_channels", 4)))
+    if problem:
+        raise ValueError(f"{unet_dir}: {problem}")
     if is_xl and unet_cfg.get("addition_embed_type") != "text_time":
         raise ValueError(f"{unet_dir}: an SDXL folder's UNet should have addition_embed_type 'text_time', "
                          f"found {unet_cfg.get('addition_embed_type')!r}")
@@ -208,6 +215,7 @@ def load_diffusers_folder(path, *, device="cpu", dtype=torch.float32) -> ModelBu
         "variants": {k: v for k, v in (("unet", unet_variant), ("vae", vae_variant),
                                        *((s, f[2]) for (s, _, _), f in zip(te_specs, te_found))) if v},
         "tokenizers": tokenizer_sources,
+        "inpainting": unet_cfg.get("in_channels") == 9,
         "scheduler": {"file": str(sched_file) if sched_cfg else None,
                       "class": sched_cfg.get("_class_name"),
                       "beta_schedule": "trained_betas" if sched_cfg.get("trained_betas") is not None

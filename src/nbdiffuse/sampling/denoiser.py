@@ -79,16 +79,20 @@ class Denoiser:
         return on_device(to_t(sigma.detach().float().cpu(), self.sigmas), sigma.device)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
-                 added_cond: dict | None = None, *, rows_per_call: int | None = None) -> torch.Tensor:
+                 added_cond: dict | None = None, *, rows_per_call: int | None = None,
+                 image_cond: torch.Tensor | None = None) -> torch.Tensor:
         """``x0`` for every row; ``rows_per_call`` runs the UNet on that many rows at a time (one model call all
         the same): the guidance passes one image's cond and uncond rows, so that every image is computed exactly
-        as it would be alone."""
+        as it would be alone. ``image_cond``: an inpainting model's extra input channels, one row per row of ``x``
+        (LDM's ``c_concat``: the UNet sees ``cat([x * c_in, image_cond])``, the conditioning unscaled)."""
         t = on_device(self.timestep(sigma), x.device).reshape(-1).expand(len(x))  # from the CPU sigma: no sync
         sigma = on_device(sigma.to(dtype=torch.float32), x.device)
         s = append_dims(sigma, x.ndim)
         c_in = 1 / (s**2 + 1) ** 0.5
         dtype = self.dtype
         x_in = (x * c_in).to(dtype)
+        if image_cond is not None:
+            x_in = torch.cat([x_in, image_cond.to(device=x.device, dtype=dtype)], dim=1)
         context = context.to(device=x.device, dtype=dtype)
         added = {k: v.to(device=x.device, dtype=dtype) for k, v in added_cond.items()} if added_cond else None
         rows = rows_per_call or len(x)

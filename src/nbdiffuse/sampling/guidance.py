@@ -59,19 +59,22 @@ class CFGDenoiser:
 
     ``conds`` are the positive parts ``[(schedule, weight), ...]``; ``uncond`` is the negative prompt's
     schedule; ``time_ids`` (SDXL) is the ``(6,)`` size/crop conditioning; ``empty`` is the empty prompt's
-    context, used to pad conditionings of different lengths as A1111 does. After each call ``last_cond``,
-    ``last_uncond`` hold the (combined positive / negative) predictions, for hooks and CFG++.
+    context, used to pad conditionings of different lengths as A1111 does; ``image_cond`` (inpainting models) is
+    the ``(batch or 1, 5, h, w)`` mask + masked-image latents, the same for an image's positive and negative rows
+    (A1111's ``image_uncond = image_cond``). After each call ``last_cond``, ``last_uncond`` hold the (combined
+    positive / negative) predictions, for hooks and CFG++.
     """
 
     def __init__(self, denoiser: Denoiser, conds: Sequence[tuple[Schedule, float]], uncond: Schedule,
                  cfg_scale: float, *, time_ids: torch.Tensor | None = None, empty: torch.Tensor | None = None,
-                 need_uncond: bool = False):
+                 need_uncond: bool = False, image_cond: torch.Tensor | None = None):
         self.denoiser = denoiser
         self.conds = list(conds)
         self.uncond = uncond
         self.cfg_scale = float(cfg_scale)
         self.time_ids = time_ids
         self.empty = empty
+        self.image_cond = image_cond
         # cfg 1 with a single part is the positive prediction alone: skip the negative batch half.
         self.skip_uncond = (self.cfg_scale == 1.0 and len(self.conds) == 1 and self.conds[0][1] == 1.0
                             and not need_uncond)
@@ -98,7 +101,10 @@ class CFGDenoiser:
         if entries[0].pooled is not None:
             pooled = torch.stack([c.pooled for c in entries]).repeat(b, 1)
             added = {"text_embeds": pooled, "time_ids": self.time_ids.reshape(1, -1).repeat(n * b, 1)}
-        out = self.denoiser(x_in, sigma_in, context, added, rows_per_call=n)
+        kwargs = {}
+        if self.image_cond is not None:
+            kwargs["image_cond"] = self.image_cond.expand(b, -1, -1, -1).repeat_interleave(n, dim=0)
+        out = self.denoiser(x_in, sigma_in, context, added, rows_per_call=n, **kwargs)
         out = out.reshape(b, n, *out.shape[1:]).unbind(1)
         self.step += 1
         if self.skip_uncond:
