@@ -1,12 +1,16 @@
-"""Grid image assembly with A1111-style row/column labels, any script (CJK included), never crashing on a glyph."""
+"""Grid image assembly with A1111-style row/column labels, any script (CJK included), never crashing on a glyph;
+and A1111's overlapping tile grids (``split_grid`` / ``combine_grid``, used by outpainting and SD upscale)."""
 
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # Fonts that cover CJK, looked for on the system (Debian's fonts-noto-cjk, fonts-wqy-*, Droid fallback).
@@ -135,3 +139,105 @@ def draw_grid(cells: Sequence[Sequence[Image.Image | None]], col_labels: Sequenc
             x += col_w[c]
         y += row_h[r]
     return grid
+
+
+# ------------------------------------------------------------------------------------ A1111's tile grids
+
+
+@dataclass
+class Grid:
+    """Overlapping tiles of one picture, laid out as A1111's ``images.Grid``.
+
+    ``tiles`` is a list of rows ``[y, tile_h, [[x, tile_w, tile image], ...]]``; replace a row's tile images (same
+    size) and :func:`combine_grid` joins them back.
+    """
+
+    tiles: list
+    tile_w: int
+    tile_h: int
+    image_w: int
+    image_h: int
+    overlap: int
+
+    @property
+    def tile_count(self) -> int:
+        """How many tiles the grid holds."""
+        return sum(len(row[2]) for row in self.tiles)
+
+    def positions(self) -> list[tuple[int, int]]:
+        """Each tile's top-left corner (x, y), row by row."""
+        return [(x, y) for y, _, row in self.tiles for x, _, _ in row]
+
+
+def split_grid(image: Image.Image, tile_w: int = 512, tile_h: int = 512, overlap: int = 64) -> Grid:
+    """A1111's ``images.split_grid``: ``image`` cut into ``tile_w`` x ``tile_h`` tiles that overlap by at least
+    ``overlap`` pixels, spread evenly (the last row and column end at the image's edge). A picture smaller than a
+    tile gives one tile at a negative offset, padded with black, as in A1111.
+
+    >>> from PIL import Image
+    >>> split_grid(Image.new("RGB", (1536, 1024)), 512, 512, 64).positions()[:4]
+    [(0, 0), (341, 0), (682, 0), (1024, 0)]
+    """
+    for name, value in (("tile_w", tile_w), ("tile_h", tile_h), ("overlap", overlap)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"split_grid {name}: got {value!r}; expected a whole number of pixels")
+    if overlap < 0 or overlap >= min(tile_w, tile_h):
+        raise ValueError(f"split_grid overlap: got {overlap}; expected 0 <= overlap < the tile size "
+                         f"({tile_w}x{tile_h}): lower the overlap or use bigger tiles")
+    w, h = image.size
+    cols = math.ceil((w - overlap) / (tile_w - overlap))
+    rows = math.ceil((h - overlap) / (tile_h - overlap))
+    dx = (w - tile_w) / (cols - 1) if cols > 1 else 0
+    dy = (h - tile_h) / (rows - 1) if rows > 1 else 0
+    grid = Grid([], tile_w, tile_h, w, h, overlap)
+    for row in range(rows):
+        y = int(row * dy)
+        if y + tile_h >= h:
+            y = h - tile_h
+        row_tiles = []
+        for col in range(cols):
+            x = int(col * dx)
+            if x + tile_w >= w:
+                x = w - tile_w
+            row_tiles.append([x, tile_w, image.crop((x, y, x + tile_w, y + tile_h))])
+        grid.tiles.append([y, tile_h, row_tiles])
+    return grid
+
+
+def _ramp(overlap: int, size: tuple[int, int], horizontal: bool) -> Image.Image:
+    # A1111's make_mask_image: 0..255 over the overlap, float32 then truncated to uint8
+    r = np.arange(overlap, dtype=np.float32)
+    r = (r.reshape((1, overlap)).repeat(size[1], axis=0) if horizontal
+         else r.reshape((overlap, 1)).repeat(size[0], axis=1))
+    return Image.fromarray((r * 255 / overlap).astype(np.uint8), "L")
+
+
+def combine_grid(grid: Grid) -> Image.Image:
+    """A1111's ``images.combine_grid``: the tiles pasted back, each one after the first of a row (and each row
+    after the first) blended in over its first ``overlap`` pixels by a linear ramp; the rest is pasted opaque.
+
+    >>> from PIL import Image
+    >>> picture = Image.effect_noise((200, 150), 40).convert("RGB")
+    >>> combine_grid(split_grid(picture, 64, 64, 16)).tobytes() == picture.tobytes()
+    True
+    """
+    combined = Image.new("RGB", (grid.image_w, grid.image_h))
+    if grid.overlap > 0:
+        mask_w = _ramp(grid.overlap, (grid.overlap, grid.tile_h), horizontal=True)
+        mask_h = _ramp(grid.overlap, (grid.image_w, grid.overlap), horizontal=False)
+    for y, h, row in grid.tiles:
+        line = Image.new("RGB", (grid.image_w, h))
+        for x, w, tile in row:
+            if x == 0:
+                line.paste(tile, (0, 0))
+                continue
+            if grid.overlap > 0:
+                line.paste(tile.crop((0, 0, grid.overlap, h)), (x, 0), mask=mask_w)
+            line.paste(tile.crop((grid.overlap, 0, w, h)), (x + grid.overlap, 0))
+        if y == 0:
+            combined.paste(line, (0, 0))
+            continue
+        if grid.overlap > 0:
+            combined.paste(line.crop((0, 0, line.width, grid.overlap)), (0, y), mask=mask_h)
+        combined.paste(line.crop((0, grid.overlap, line.width, h)), (0, y + grid.overlap))
+    return combined
