@@ -106,6 +106,8 @@ def test_each_mode_shows_its_own_controls(panel):
     assert not shown(ui.init_image)  # the painter shows the image
     ui.img2img_mode.value = "inpaint_upload"
     assert not shown(ui.painter_box) and shown(ui.mask_upload_box) and shown(ui.inpaint_controls)
+    assert not shown(ui.init_image)  # no image chosen yet: no empty picture
+    panel._send_to_img2img(Image.new("RGB", (64, 64)))
     assert shown(ui.init_image)
     assert not shown(ui.soft_box)
     ui.soft_inpainting.value = True

@@ -161,7 +161,7 @@ def build_panel(t: dict[str, str], upscalers: Sequence[str] = ("Latent",)) -> Si
     # img2img: its modes (img2img, Inpaint with the mask painter, Inpaint upload), then A1111's controls
     ui.img2img_mode = _choice([(t[f"mode_{m}"], m) for m in IMG2IMG_MODES], "img2img", t["img2img_mode"])
     ui.init_upload = w.FileUpload(accept="image/*", multiple=False, description=t["init_image"])
-    ui.init_image = w.Image(format="png", layout=w.Layout(width="192px"))
+    ui.init_image = w.Image(format="png", layout=w.Layout(width="192px", display="none"))  # shown once chosen
     ui.painter = _mask_painter(t)
     ui.painter_box = w.VBox([w.HTML(f"<i>{html.escape(t['painter_help'])}</i>"), ui.painter],
                             layout=w.Layout(display="none"))
@@ -201,6 +201,8 @@ def build_panel(t: dict[str, str], upscalers: Sequence[str] = ("Latent",)) -> Si
     for name in ("img2img_mode", *IMG2IMG_CONTROLS, *INPAINT_CONTROLS, "soft_inpainting"):
         getattr(ui, name).add_class(f"nbd-{name.replace('_', '-')}")
     ui.painter.add_class("nbd-mask-painter")
+    ui.init_upload.add_class("nbd-init-upload")
+    ui.mask_upload.add_class("nbd-mask-upload")
     ui.generate_img2img = w.Button(description=t["generate_img2img"], button_style="primary")
     ui.generate_img2img.add_class("nbd-generate-img2img")
     img2img = w.VBox([w.HTML(f"<i>{html.escape(t['img2img_help'])}</i>"), ui.img2img_mode,

@@ -451,6 +451,7 @@ class Panel:
         self.w.init_image.value = png = png_bytes(image)
         if self._painter is not None:
             self._painter.set_image(image, png)  # a new image starts with no mask painted
+        self._show_mode(self.w.img2img_mode.value)
         self._update_code()
 
     def _on_mask_upload(self, change) -> None:
@@ -471,7 +472,8 @@ class Panel:
         """The img2img tab's mode: the painter (Inpaint) or the mask upload (Inpaint upload) and the inpainting
         controls, or neither (img2img)."""
         ui = self.w
-        ui.init_image.layout.display = "none" if mode == "inpaint" else ""  # the painter shows the image
+        # the painter shows the image in Inpaint mode
+        ui.init_image.layout.display = "" if mode != "inpaint" and self._init_image is not None else "none"
         ui.painter_box.layout.display = "" if mode == "inpaint" else "none"
         ui.mask_upload_box.layout.display = "" if mode == "inpaint_upload" else "none"
         ui.inpaint_controls.layout.display = "none" if mode == "img2img" else ""
