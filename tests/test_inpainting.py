@@ -246,3 +246,65 @@ def test_session_steps_takes_a_mask_and_hooks_see_every_step(toy, red):
     states = list(run)
     assert len(states) == 4
     assert run.result.inpaint is not None
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_an_inpainting_checkpoint_gets_the_mask_and_the_masked_picture(tmp_path, weight):
+    """A 9-channel UNet sees, after the latents, A1111's ``inpainting_image_conditioning``: the processed mask
+    (nearest-resized to the latents, rounded) and the VAE latents of ``lerp(img, img * (1 - mask), weight)``."""
+    from nbdiffuse.testing import tiny_sd1
+
+    s = Session(outputs_dir=tmp_path, progress=False)
+    bundle = s.load(tiny_sd1(inpainting=True))
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    seen, handle = _unet_inputs(s)
+    try:
+        r = s.img2img([picture], mask=masks.rectangle((64, 64), (0, 0, 32, 64)), prompt="x", seed=1, steps=2,
+                      denoising_strength=0.5, inpaint_full_res=False, inpainting_fill=1, mask_blur=0,
+                      inpainting_mask_weight=weight)
+    finally:
+        handle.remove()
+    x_in = seen[0].float().cpu()
+    assert x_in.shape[1] == 9
+    prep = r.inpaint[0]
+    m = torch.from_numpy(np.asarray(prep.mask, dtype=np.float32) / 255).round()[None, None]
+    expected_mask = torch.nn.functional.interpolate(m, size=(8, 8))[0, 0]
+    pixels = torch.from_numpy(np.asarray(prep.image, dtype=np.float32) / 255).permute(2, 0, 1)[None] * 2 - 1
+    masked = pixels + (pixels * (1 - m) - pixels) * weight
+    expected_latents = encode(bundle, masked).cpu()[0]
+    for row in x_in:  # cond and uncond rows get the same conditioning
+        assert torch.equal(row[4], expected_mask)
+        torch.testing.assert_close(row[5:], expected_latents, atol=1e-5, rtol=1e-5)
+    assert f"Conditional mask weight: {weight:g}" in r.infotexts[0]
+
+
+def test_soft_inpainting_runs_as_a1111s_extension(toy, red):
+    """Soft inpainting: fractional masks (A1111's process() turns mask_round off), the per-step blend keeps the
+    unmasked latents (t = 0 there), no final blend, and the final composite is the adaptive mask (gradual, wider
+    than the blurred mask, 0 far from the change); its keys come with the payload A1111's API takes."""
+    picture = red.resize((128, 128))
+    mask = masks.ellipse((128, 128), (40, 40, 88, 88))
+    seen = []
+    kw = dict(prompt=BLUE_PROMPT, seed=1, steps=6, denoising_strength=0.75, inpaint_full_res=False, mask_blur=4,
+              inpainting_fill=1, width=128, height=128)
+    soft = toy.img2img([picture], mask=mask, hooks=[seen.append],
+                       alwayson_scripts={"Soft inpainting": {"args": [True, 1, 0.5, 4, 0, 0.5, 2]}}, **kw)
+    plain = toy.img2img([picture], mask=mask, **kw)
+    lat = soft.inpaint[0].latent_mask
+    assert ((lat > 0) & (lat < 1)).any()  # not rounded
+    assert set(np.unique(plain.inpaint[0].latent_mask)) <= {0.0, 1.0}
+    init = seen[0].extra["init"].cpu()[0]
+    keep = torch.from_numpy(lat == 0).expand_as(init)
+    for state in seen:
+        torch.testing.assert_close(state.denoised.cpu()[0][keep], init[keep], atol=1e-4, rtol=1e-4)
+    composite = np.asarray(soft.overlay_masks[0]).astype(int)
+    doubled = np.asarray(plain.overlay_masks[0]).astype(int)
+    assert ((composite > 0) & (composite < 255)).sum() > 3 * ((doubled > 0) & (doubled < 255)).sum()
+    assert (composite == 0).sum() > 1000  # far from the change the original is pasted back
+    out, before = np.asarray(soft.image).astype(int), np.asarray(picture).astype(int)
+    assert np.array_equal(out[composite == 0], before[composite == 0])
+    line = soft.infotexts[0].splitlines()[-1]
+    assert ("Soft inpainting enabled: True, Soft inpainting schedule bias: 1, Soft inpainting preservation strength: "
+            "0.5, Soft inpainting transition contrast boost: 4, Soft inpainting mask influence: 0, Soft inpainting "
+            "difference threshold: 0.5, Soft inpainting difference contrast: 2, Mask blur: 4") in line
+    assert infotext.to_params(soft.infotexts[0])["soft_inpainting"]["inpaint_detail_preservation"] == 4.0

@@ -287,7 +287,9 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
     after the latents at every call (:mod:`nbdiffuse.models.inpainting`).
 
     ``blend`` (inpainting) blends every model call with the init latents (:class:`LatentBlend`) and the end result
-    once more; the first noise draw is scaled by ``plan.noise_multiplier``.
+    once more; the first noise draw is scaled by ``plan.noise_multiplier``. Hooks see the init latents the pass
+    started from in ``state.extra["init"]`` (after inpainting's masked content) and the latent mask in
+    ``state.extra["nmask"]`` (1: inpainted).
     """
     control = control or JobControl()
     spec, sigmas, how = plan.spec, plan.sigmas, plan.noise
@@ -339,6 +341,9 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
                                              cond_ok=all_finite((plan.conds, plan.uncond)),
                                              init_ok=init is None or all_finite(init)), step)
 
+    seen = {} if init is None else {"init": init}  # what the pass started from, for hooks (and inpainting's mask)
+    if blend is not None:
+        seen["nmask"] = blend.nmask
     guard = interruptible(denoiser.unet, control.interrupt)  # an interrupt reaches inside a long UNet call
     guard.__enter__()
     try:
@@ -349,7 +354,7 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
             if bad is not None:
                 raise failed(bad)
             state.extra.update(cond=guider.last_cond, uncond=guider.last_uncond, seeds=list(seeds),
-                               **{"pass": plan.name}, **(extra or {}))
+                               **{"pass": plan.name}, **(extra or {}), **seen)
             replacement = None
             for hook in hooks:
                 out = hook(state)

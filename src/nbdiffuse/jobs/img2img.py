@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.inpainting import inpainting_conditioning
 from ..models.vae import encode
 from ..prompts.conditioning import TextEncoder
 from ..prompts.styles import Style
@@ -54,6 +55,7 @@ from .driver import (
     took,
 )
 from .fields import infotext_fields
+from .inpainting_model import mask_weight_fields
 from .params import GenerationParams
 from .result import Result
 from .tiling import circular_padding
@@ -231,11 +233,16 @@ def prepare_masks(p: GenerationParams, images: Sequence[Image.Image], mask, late
     from .. import masks
 
     return [masks.prepare(image, mask, width=p.width, height=p.height, resize_mode=p.resize_mode,
-                          mask_blur_x=p.mask_blur_x, mask_blur_y=p.mask_blur_y, mask_round=p.mask_round,
+                          mask_blur_x=p.mask_blur_x, mask_blur_y=p.mask_blur_y, mask_round=mask_round(p),
                           inpainting_mask_invert=p.inpainting_mask_invert, inpainting_fill=p.inpainting_fill,
                           inpaint_full_res=p.inpaint_full_res, inpaint_full_res_padding=p.inpaint_full_res_padding,
                           latent_size=(p.width // factor, p.height // factor), latent_mask=latent_mask)
             for image in images]
+
+
+def mask_round(p: GenerationParams) -> bool:
+    """A1111's ``mask_round`` as the job runs it: Soft inpainting's ``process()`` turns it off (fractional masks)."""
+    return p.mask_round and p.soft_inpainting is None
 
 
 def inpaint_fields(p: GenerationParams, prepared) -> dict:
@@ -283,6 +290,9 @@ def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_di
                      noise_sigma=img2img_noise_sigma(p.steps, denoising, bundle, spec), extra_noise=p.extra_noise)
     plan = replace(plan, noise_multiplier=p.noise_multiplier)
     init = init_latents(bundle, p, [prep.image for prep in prepared] if inpainting else images)
+    sources = ([prep.image for prep in prepared] if inpainting else
+               [im if p.resize_mode == 3 else resize_image(p.resize_mode, im, p.width, p.height) for im in images])
+    image_cond = inpainting_image_cond(bundle, p, sources, prepared if inpainting else None, tuple(init.shape[-2:]))
     blend = None
     if inpainting:
         init, blend = masked_init(bundle, p, init, prepared, all_seeds)
@@ -290,27 +300,42 @@ def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_di
     shape = tuple(init.shape[1:])
     denoiser = denoiser_for(bundle)
     inpaint_extra = inpaint_fields(p, prepared)
+    weight = mask_weight_fields(bundle, p, "img2img")
+    overlay_masks: list = []
     scripts = p.soft_inpainting.infotext_fields() if inpainting and p.soft_inpainting is not None else {}
 
     def sample(n, seeds, subseeds):
         outcome = took((yield from run_pass(plan, denoiser, seeds, subseeds, shape, init=init, hooks=hooks,
                                             control=control, progress=progress, extra={"iteration": n},
-                                            blend=blend)),
+                                            blend=blend, image_cond=image_cond)),
                        notes, timings)
         return outcome.x, outcome.interrupted
 
     def save(x, seeds, subseeds):
-        finish = overlay_for(p, prepared, x, init, blend) if inpainting else None
+        finish = overlay_for(p, images, prepared, x, init, blend, overlay_masks) if inpainting else None
         return decode_and_save(bundle, x, seeds, lambda i: infotext_fields(
             p, bundle, seeds[i], subseeds[i], spec.func, job="img2img", denoising=denoising, extra=infotext_extra,
-            encoder=encoder, scripts=scripts, inpaint=inpaint_extra), (styled_prompt, styled_negative),
+            encoder=encoder, scripts=scripts, inpaint={**inpaint_extra, **weight}), (styled_prompt, styled_negative),
             "img2img-images", outputs_dir, notes, timings, control, finish=finish)
 
     done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control, notes)
     finish_timings(timings, start, denoiser, bundle.device, notes)
     result = done.result(p, timings, notes, (0, *shape))
     result.inpaint = prepared if inpainting else None
+    result.overlay_masks = overlay_masks[:len(result.images)] if inpainting and p.overlay_inpaint else None
     return result
+
+
+def inpainting_image_cond(bundle, p: GenerationParams, sources: Sequence[Image.Image], prepared,
+                          latent_hw: tuple[int, int]) -> torch.Tensor | None:
+    """An inpainting checkpoint's extra UNet input for the batch (A1111's ``img2img_image_conditioning`` of the
+    pictures it encodes, filled ones included): the processed mask (all ones without a mask: the whole picture is
+    made) and the masked pictures' latents, with "Conditional mask weight"; None for other models."""
+    if not bundle.is_inpainting:
+        return None
+    pictures = list(sources) * (p.batch_size if len(sources) == 1 else 1)
+    mask = prepared[0].mask if prepared is not None else None
+    return inpainting_conditioning(bundle, pictures, latent_hw, mask, p.inpainting_mask_weight, mask_round(p))
 
 
 def masked_init(bundle, p: GenerationParams, init: torch.Tensor, prepared, all_seeds: Sequence[int]):
@@ -330,24 +355,34 @@ def masked_init(bundle, p: GenerationParams, init: torch.Tensor, prepared, all_s
     return init, LatentBlend(init, nmask, p.soft_inpainting)
 
 
-def overlay_for(p: GenerationParams, prepared, x: torch.Tensor, init: torch.Tensor, blend):
+def overlay_for(p: GenerationParams, images: Sequence[Image.Image], prepared, x: torch.Tensor, init: torch.Tensor,
+                blend, used: list | None = None):
     """``finish(i, image)`` for :func:`decode_and_save`: A1111's ``apply_overlay`` (the result pasted back into
     the picture, the original over it outside the mask) with each image's overlay, or with soft inpainting's
-    adaptive composite (the original wherever the latents barely changed)."""
+    adaptive composite (the original wherever the latents barely changed). ``used`` collects the mask each image
+    was composited with."""
     from .. import masks
 
     overlays = [prep.overlay for prep in prepared]
-    if p.soft_inpainting is not None:
+    if p.soft_inpainting is not None:  # the extension's post_sample: the original pictures, no hole, as the base
         from .soft_inpainting import adaptive_masks
 
-        originals = [prep.original for prep in prepared]
-        _, overlays = adaptive_masks(p.soft_inpainting, blend.nmask, init, x, originals, p.width, p.height,
-                                     prepared[0].paste_to)
+        paste_to = prepared[0].paste_to
+        originals = [image if paste_to is not None or p.resize_mode == 3 else
+                     resize_image(p.resize_mode, image, p.width, p.height) for image in images]
+        if len(originals) == 1:
+            originals = originals * len(x)
+        composites, overlays = adaptive_masks(p.soft_inpainting, blend.nmask, init[:len(x)], x, originals,
+                                              p.width, p.height, paste_to)
+    else:
+        composites = [prep.mask_for_overlay for prep in prepared]
 
     def finish(i: int, image: Image.Image) -> Image.Image:
-        if not p.overlay_inpaint:
+        if not p.overlay_inpaint:  # A1111 then returns the sampled picture as it is (the crop, for "only masked")
             return image
         k = i % len(overlays)
+        if used is not None:
+            used.append(composites[k % len(composites)])
         return masks.apply_overlay(image, prepared[k % len(prepared)].paste_to, overlays[k])
 
     return finish

@@ -42,6 +42,9 @@ class Result:
     # inpainting: each init image's nbdiffuse.masks.PreparedMask (the mask as A1111 processed it, the crop region,
     # the latent mask); None for other jobs
     inpaint: list | None = None
+    # inpainting: the mask each image was composited over the original with (255: the new picture shows), A1111's
+    # mask_for_overlay, or soft inpainting's adaptive one
+    overlay_masks: list | None = None
 
     def __len__(self) -> int:
         return len(self.images)
