@@ -56,7 +56,8 @@ def test_every_public_name_has_an_example(module):
                                     "nbdiffuse.infotext", "nbdiffuse.io.infotext", "nbdiffuse.viz.latents",
                                     "nbdiffuse.inspect.previews", "nbdiffuse.ui.labels", "nbdiffuse.jobs.params",
                                     "nbdiffuse.session", "nbdiffuse.sampling.base", "nbdiffuse.testing",
-                                    "nbdiffuse.prompts.styles", "nbdiffuse.io.keys", "nbdiffuse.masks"])
+                                    "nbdiffuse.prompts.styles", "nbdiffuse.io.keys", "nbdiffuse.masks",
+                                    "nbdiffuse.viz.masks", "nbdiffuse.ui.painter"])
 def test_the_examples_run(module):
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
