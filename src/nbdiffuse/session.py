@@ -781,6 +781,42 @@ class Session:
         p, gen = self._held("a loopback job", build)
         return self._run(gen, p.steps * loops * p.n_iter, "Loopback")
 
+    def outpaint(self, init_images=None, *, method: str = "poor man's", pixels: int = 128,
+                 mask_blur: int | None = None, direction: Sequence[str] = ("left", "right", "up", "down"),
+                 noise_q: float = 1.0, color_variation: float = 0.05, hooks: Sequence[Hook] | None = None,
+                 **params) -> Result:
+        """Grow a picture by ``pixels`` on each ``direction`` side with A1111's outpainting scripts.
+
+        ``method="poor man's"`` ("Poor man's outpainting", ``mask_blur=4``): the grown canvas is cut into
+        ``width x height`` tiles overlapping by ``pixels``, and each tile at an edge is inpainted with the next seed
+        (masked content ``inpainting_fill``, default fill). ``method="mk2"`` ("Outpainting mk2", ``mask_blur=8``):
+        one direction after the other, each new strip starting from noise matched to the picture (``noise_q``,
+        ``color_variation``). The other parameters are img2img's; the scripts set mask blur, inpaint area and (mk2)
+        masked content themselves, as in A1111. The result is saved with the first job's infotext.
+
+        >>> result = session.outpaint([picture], method="mk2", pixels=64, direction=["left", "right"])
+        ...                                                                      # doctest: +SKIP
+        """
+        from .jobs.outpaint import outpaint_method, outpainting_mk2_steps, poor_mans_outpainting_steps
+
+        kind = outpaint_method(method)
+
+        def build():
+            p = self._params(params)
+            bundle, kw = self._start(hooks)
+            if kind == "poor man's":
+                gen = poor_mans_outpainting_steps(bundle, p, self.encoder, init_images, pixels=pixels,
+                                                  mask_blur=4 if mask_blur is None else mask_blur,
+                                                  inpainting_fill=p.inpainting_fill, direction=direction, **kw)
+            else:
+                gen = outpainting_mk2_steps(bundle, p, self.encoder, init_images, pixels=pixels,
+                                            mask_blur=8 if mask_blur is None else mask_blur, direction=direction,
+                                            noise_q=noise_q, color_variation=color_variation, **kw)
+            return p, self._with_networks(p, gen)
+
+        p, gen = self._held("an outpainting job", build)
+        return self._run(gen, p.steps * 4 * p.n_iter, "Outpainting")
+
     def hires_fix(self, result: Result | None = None, *, indices=None, hooks: Sequence[Hook] | None = None,
                   **changes) -> Result:
         """A1111's ✨: the hires second pass on an earlier txt2img result (default: the last one), reusing its

@@ -15,13 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from ..io.grid import Grid
 
-__all__ = ["DIRECTIONS", "Expansion", "Mk2Step", "expansion", "matched_noise", "mk2_step", "poor_mans_canvas",
+__all__ = ["DIRECTIONS", "Expansion", "Mk2Step", "expansion", "matched_noise", "mk2_plan", "mk2_step",
+           "outpaint_method", "outpainting_mk2_steps", "poor_mans_canvas", "poor_mans_outpainting_steps",
            "poor_mans_tiles"]
 
 DIRECTIONS = ("left", "right", "up", "down")  # A1111's checkbox choices, and mk2's order of steps
@@ -278,3 +281,202 @@ def matched_noise(image: np.ndarray, mask: np.ndarray, noise_q: float = 1.0,
     shaped[img_mask, :] = match_histograms(shaped[img_mask, :] ** 1.0, reference[ref_mask, :], channel_axis=1)
     shaped = image[:] * (1.0 - mask) + shaped * mask
     return np.clip(shaped, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------- the jobs
+
+
+def _check_script_args(pixels: int, mask_blur: int, direction) -> tuple[str, ...]:
+    if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1:
+        raise ValueError(f"outpainting pixels: got {pixels!r}; expected a whole number of pixels >= 1 (A1111's "
+                         "slider: 8 to 256)")
+    if not isinstance(mask_blur, int) or isinstance(mask_blur, bool) or not 0 <= mask_blur <= 64:
+        raise ValueError(f"outpainting mask_blur: got {mask_blur!r}; expected a whole number from 0 to 64")
+    direction = _directions(direction)
+    if not direction:
+        raise ValueError(f"outpainting direction: nothing to grow; name some of {', '.join(DIRECTIONS)}")
+    return direction
+
+
+def _one_init_image(p, init_image):
+    from .img2img import prepare_init_images
+
+    if isinstance(init_image, (list, tuple)) and len(init_image) > 1:
+        raise ValueError(f"outpainting takes one init image (A1111's scripts use the first), got {len(init_image)}")
+    return prepare_init_images(p.replace(batch_size=1, n_iter=1), init_image)[1][0]
+
+
+def _gather(p, results: list, images, infotexts, seeds, subseeds, outputs_dir, interrupted: bool):
+    """One Result for a script's pictures: each saved under img2img-images with the first job's infotext and seed
+    (A1111's ``Processed(p, images, initial_seed, initial_info)``), timings summed over the jobs."""
+    from ..io.outputs import save_image
+    from .result import Result
+
+    timings = {key: sum(r.timings.get(key, 0.0) for r in results)
+               for key in ("encode_s", "sample_s", "decode_s", "save_s", "total_s", "model_calls")}
+    notes = list(dict.fromkeys(w for r in results for w in r.warnings))
+    paths = []
+    for image, text, seed in zip(images, infotexts, seeds):
+        path = None
+        if outputs_dir is not None:
+            try:
+                path = save_image(image, Path(outputs_dir) / "img2img-images", seed=seed, infotext=text)
+            except OSError as e:
+                notes.append(f"Could not save images to {Path(outputs_dir) / 'img2img-images'} ({type(e).__name__}: "
+                             f"{e}); they are kept in the Result: result.save(folder) writes them elsewhere.")
+        paths.append(path)
+    return Result(list(images), list(infotexts), list(seeds), list(subseeds), torch.empty(0),
+                  p.replace(seed=seeds[0]) if seeds else p, timings, paths, interrupted, notes)
+
+
+def poor_mans_outpainting_steps(bundle, p, encoder, init_image, *, pixels: int = 128, mask_blur: int = 4,
+                                inpainting_fill: int = 0, direction: Sequence[str] = DIRECTIONS, hooks=(),
+                                control=None, outputs_dir=None, progress=None, styles=None):
+    """A1111's "Poor man's outpainting": the picture on a black canvas grown by ``pixels`` on each ``direction``
+    side (rounded up to a multiple of 64), cut into ``p.width`` x ``p.height`` tiles overlapping by ``pixels``;
+    every tile not wholly inside the picture is inpainted ("Whole picture", mask blur ``2 * mask_blur``, masked
+    content ``inpainting_fill``), one img2img job each with the next seed (``seed``, ``seed + 1``, ...); the tiles
+    are joined with :func:`~nbdiffuse.io.grid.combine_grid`. The one picture is saved with the first tile's
+    infotext and seed, as A1111 does; batch size and ``n_iter`` are 1, as A1111 sets them. Yields every step,
+    returns the :class:`~nbdiffuse.jobs.result.Result`.
+    """
+    from ..io.grid import combine_grid, split_grid
+    from .img2img import img2img_steps
+
+    direction = _check_script_args(pixels, mask_blur, direction)
+    if pixels >= min(p.width, p.height):
+        raise ValueError(f"poor man's outpainting: pixels={pixels} must be smaller than the tile size "
+                         f"{p.width}x{p.height} (the tiles overlap by that much): expand by fewer pixels or raise "
+                         "width/height")
+    tile_p = p.replace(batch_size=1, n_iter=1, mask_blur=mask_blur * 2, inpainting_fill=inpainting_fill,
+                       inpaint_full_res=False)
+    init = _one_init_image(p, init_image)
+    e = expansion(init.size, pixels, direction)
+    canvas, mask, latent = poor_mans_canvas(init, e, mask_blur)
+    grids = [split_grid(im, p.width, p.height, pixels) for im in (canvas, mask, latent)]
+    work = poor_mans_tiles(grids[0], e)
+    results, seed, interrupted = [], p.seed, False
+    for r, c in work:
+        tile, tile_mask, tile_latent = (g.tiles[r][2][c][2] for g in grids)
+        if interrupted:
+            grids[0].tiles[r][2][c][2] = Image.new("RGB", (p.width, p.height))  # A1111: a missing tile is black
+            continue
+        res = yield from img2img_steps(bundle, tile_p.replace(seed=seed), encoder, [tile], mask=tile_mask,
+                                       latent_mask=tile_latent, hooks=hooks, control=control, outputs_dir=None,
+                                       progress=progress, styles=styles)
+        results.append(res)
+        interrupted = res.interrupted or not res.images or (control is not None and control.interrupt.is_set())
+        if res.images:
+            grids[0].tiles[r][2][c][2] = res.image
+            seed = res.seeds[0] + 1
+        else:
+            grids[0].tiles[r][2][c][2] = Image.new("RGB", (p.width, p.height))
+    if not results or not results[0].images:
+        return _gather(tile_p, results, [], [], [], [], outputs_dir, True)
+    first = results[0]
+    return _gather(tile_p, results, [combine_grid(grids[0])], [first.infotexts[0]], [first.seeds[0]],
+                   [first.subseeds[0]], outputs_dir, interrupted)
+
+
+def mk2_plan(size: tuple[int, int], job_size: tuple[int, int], pixels: int, mask_blur: int,
+             direction: Sequence[str] = DIRECTIONS) -> list[Mk2Step]:
+    """Every direction of an mk2 run in A1111's order (left, right, up, down), each from the size the previous one
+    left; refuses, before any work, a step whose masks would be empty (where A1111 fails) or whose img2img size is
+    not a multiple of 8 of at least 64 (A1111 fails there when it pastes the result back).
+
+    >>> [(s.side, s.job_size) for s in mk2_plan((512, 512), (512, 512), 128, 8, ["left", "down"])]
+    [('left', (512, 512)), ('down', (640, 512))]
+    """
+    direction = _check_script_args(pixels, mask_blur, direction)
+    e = expansion(size, pixels, direction)
+    blur_x = mask_blur if e.left or e.right else 0
+    blur_y = mask_blur if e.up or e.down else 0
+    steps = []
+    for side in DIRECTIONS:
+        if getattr(e, side) > 0:
+            step = mk2_step(size, side, getattr(e, side), job_size, blur_x, blur_y)
+            w, h = step.job_size
+            if w % 8 or h % 8 or min(w, h) < 64:
+                raise ValueError(
+                    f"outpainting mk2: the {side} step would run img2img at {w}x{h}, which is not a multiple of 8 of "
+                    f"at least 64 (the picture is {size[0]}x{size[1]}, growing by {getattr(e, side)} px there). "
+                    "Start from a picture whose sides are multiples of 8, or change pixels or the job width/height")
+            steps.append(step)
+            size = step.result_size
+    return steps
+
+
+def outpainting_mk2_steps(bundle, p, encoder, init_image, *, pixels: int = 128, mask_blur: int = 8,
+                          direction: Sequence[str] = DIRECTIONS, noise_q: float = 1.0, color_variation: float = 0.05,
+                          hooks=(), control=None, outputs_dir=None, progress=None, styles=None):
+    """A1111's "Outpainting mk2": one direction after the other (left, right, up, down), each an img2img inpainting
+    job ("Whole picture", masked content "original", mask blur 4 x ``mask_blur`` on the axes being grown) of the
+    strip at the new edge, at most ``p.width`` / ``p.height`` deep, whose new part starts as :func:`matched_noise`.
+    ``batch_size`` pictures are grown side by side; ``n_iter`` repeats the whole run. Every job keeps ``p.seed``
+    (a fixed seed gives every direction, and every ``n_iter`` round, the same noise; -1 draws a new one for each
+    job), as A1111's script does. Every picture is saved with the first job's infotext and seed. Yields every step,
+    returns the :class:`~nbdiffuse.jobs.result.Result`.
+    """
+    from .img2img import img2img_steps
+
+    for name, value, hi in (("noise_q", noise_q, 4.0), ("color_variation", color_variation, 1.0)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= hi:
+            raise ValueError(f"outpainting mk2 {name}: got {value!r}; expected a number from 0 to {hi}")
+    init = _one_init_image(p, init_image)
+    plan = mk2_plan(init.size, (p.width, p.height), pixels, mask_blur, direction)
+    blur_x = mask_blur if any(s.side in ("left", "right") for s in plan) else 0
+    blur_y = mask_blur if any(s.side in ("up", "down") for s in plan) else 0
+    job_p = p.replace(n_iter=1, mask_blur=None, mask_blur_x=blur_x * 4, mask_blur_y=blur_y * 4, inpainting_fill=1,
+                      inpaint_full_res=False)
+    results, finished, interrupted = [], [], False
+    for _ in range(p.n_iter):
+        pictures = [init] * p.batch_size
+        for step in plan:
+            canvases = []
+            for picture in pictures:
+                canvas = step.canvas(picture)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    noised = matched_noise(np.asarray(canvas) / 255.0, np.asarray(step.mask()) / 255.0, noise_q,
+                                           color_variation)
+                # an all-black picture has no spectrum to match (0/0): black, as A1111's NaN-to-uint8 cast gives
+                noised = np.nan_to_num(noised, nan=0.0)
+                canvases.append(Image.fromarray(np.clip(noised * 255.0, 0.0, 255.0).astype(np.uint8), "RGB"))
+            res = yield from img2img_steps(
+                bundle, job_p.replace(width=step.job_size[0], height=step.job_size[1]), encoder,
+                [c.crop(step.crop) for c in canvases], mask=step.mask().crop(step.crop),
+                latent_mask=step.latent_mask(), hooks=hooks, control=control, outputs_dir=None, progress=progress,
+                styles=styles)
+            results.append(res)
+            if res.interrupted or len(res.images) < len(canvases) or (control is not None
+                                                                        and control.interrupt.is_set()):
+                interrupted = True
+                break
+            for canvas, image in zip(canvases, res.images):
+                canvas.paste(image, step.paste_at)
+            pictures = [canvas.crop((0, 0, *step.result_size)) for canvas in canvases]
+        if interrupted:
+            break
+        finished += pictures
+    if not finished:
+        return _gather(job_p, results, [], [], [], [], outputs_dir, True)
+    first = results[0]
+    n = len(finished)
+    return _gather(job_p.replace(width=first.params.width, height=first.params.height), results, finished,
+                   [first.infotexts[0]] * n, [first.seeds[0]] * n, [first.subseeds[0]] * n, outputs_dir, interrupted)
+
+
+METHODS = {"poor man's": "poor man's", "poor man's outpainting": "poor man's", "poor mans": "poor man's",
+           "mk2": "mk2", "outpainting mk2": "mk2"}
+
+
+def outpaint_method(method: str) -> str:
+    """``"poor man's"`` or ``"mk2"`` from what a user may call them (A1111's script titles too).
+
+    >>> outpaint_method("Outpainting mk2"), outpaint_method("Poor man's outpainting")
+    ('mk2', "poor man's")
+    """
+    key = method.strip().lower().replace("\u2019", "'") if isinstance(method, str) else None
+    if key not in METHODS:
+        raise ValueError(f"outpaint method: got {method!r}; expected \"poor man's\" (A1111's Poor man's outpainting) "
+                         "or \"mk2\" (Outpainting mk2)")
+    return METHODS[key]
