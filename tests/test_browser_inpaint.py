@@ -3,9 +3,10 @@
 Opens the panel with the toy model, uploads an init image through the img2img tab's file button, switches to the
 Inpaint mode, paints one stroke with the mouse on the painter's canvas, clicks Generate, then checks in the kernel
 that the painted mask is where the mouse went and that only the painted region changed: every pixel farther from it
-than the mask blur reaches is the init image's, exactly (the original is overlaid after paste-back). Keeps a
-screenshot in ``artifacts/inpaint.png``. Like tests/test_browser.py it FAILS when JupyterLab or the browser cannot
-start, and is skipped only when ``NBDIFFUSE_SKIP_BROWSER=1`` is set.
+than the mask blur reaches is the init image's, exactly (the original is overlaid after paste-back). Then a second
+view of the painter draws the same mask from the model, an Erase stroke and Clear reach the kernel and that view.
+Keeps a screenshot in ``artifacts/inpaint.png``. Like tests/test_browser.py it FAILS when JupyterLab or the browser
+cannot start, and is skipped only when ``NBDIFFUSE_SKIP_BROWSER=1`` is set.
 """
 
 import json
@@ -56,7 +57,24 @@ print("CHECK " + json.dumps({
     "changed_painted": float(changed[painted].mean()), "infotext": panel.result.infotexts[0],
 }))"""
 
+# a second view of the same painter (JupyterLab re-creates views of outputs scrolled away): drawn from the model
+VIEW_CELL = "panel.w.painter"
+ERASED_CELL = """\
+m = np.asarray(panel.mask)
+print("ERASED " + json.dumps({"painted": int((m > 128).sum()), "middle": int(m[28:37, 30:35].max()),
+                             "left": int(m[31:34, 16:24].min())}))"""
+CLEARED_CELL = 'print("CLEARED", panel.mask is None)'
+
 STROKE = ((16, 32), (48, 32))  # image pixels of the 64x64 init image: a horizontal stroke through the middle
+ERASE = ((32, 20), (32, 44))  # then erased with a vertical stroke through its middle
+COUNT_JS = """(i) => {
+  const c = document.querySelectorAll('canvas.nbd-painter-canvas')[i];
+  if (!c || !c.width) return -1;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let k = 3; k < d.length; k += 4) if (d[k] > 128) n++;
+  return n;
+}"""
 
 pytestmark = pytest.mark.skipif(os.environ.get("NBDIFFUSE_SKIP_BROWSER") == "1",
                                 reason="NBDIFFUSE_SKIP_BROWSER=1 is set")
@@ -64,7 +82,9 @@ pytestmark = pytest.mark.skipif(os.environ.get("NBDIFFUSE_SKIP_BROWSER") == "1",
 
 def write_notebook(path: Path) -> None:
     cells = [{"cell_type": "code", "id": name, "metadata": {}, "execution_count": None, "outputs": [],
-              "source": source} for name, source in (("setup", SETUP_CELL), ("check", CHECK_CELL))]
+              "source": source} for name, source in (("setup", SETUP_CELL), ("check", CHECK_CELL),
+                                                     ("view", VIEW_CELL), ("erased", ERASED_CELL),
+                                                     ("cleared", CLEARED_CELL))]
     nb = {"nbformat": 4, "nbformat_minor": 5,
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
           "cells": cells}
@@ -76,6 +96,27 @@ def init_image(path: Path) -> None:
     image = Image.new("RGB", (64, 64), (235, 235, 235))
     ImageDraw.Draw(image).ellipse((8, 8, 56, 56), fill=(200, 30, 30))
     image.save(path)
+
+
+def stroke(page, canvas, start, end) -> None:
+    """Drag the mouse from ``start`` to ``end`` (image pixels of the 64x64 image) over ``canvas`` as shown."""
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    scale = box["width"] / 64
+    page.mouse.move(box["x"] + start[0] * scale, box["y"] + start[1] * scale)
+    page.mouse.down()
+    page.mouse.move(box["x"] + end[0] * scale, box["y"] + end[1] * scale, steps=12)
+    page.mouse.up()
+    page.wait_for_timeout(1000)  # the stroke's PNG goes to the kernel when the stroke ends
+
+
+def cell_output(page, index: int, marker: str) -> str:
+    """The text after ``marker`` in code cell ``index``'s output, once it is there."""
+    output = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
+    output.filter(has_text=marker).wait_for(timeout=60_000)
+    text = output.inner_text()
+    assert "Error" not in text, text
+    return text.split(marker, 1)[1].strip().splitlines()[0]
 
 
 def run_cell(page, index: int, dialogs: list[str]) -> None:
@@ -141,15 +182,7 @@ def test_a_painted_stroke_inpaints_only_the_painted_region_in_jupyterlab(tmp_pat
                 page.wait_for_function("document.querySelector('canvas.nbd-painter-canvas').width === 64")
 
                 # one stroke with the mouse, in image pixels mapped onto the canvas as shown
-                canvas.scroll_into_view_if_needed()
-                box = canvas.bounding_box()
-                scale = box["width"] / 64
-                (x0, y0), (x1, y1) = STROKE
-                page.mouse.move(box["x"] + x0 * scale, box["y"] + y0 * scale)
-                page.mouse.down()
-                page.mouse.move(box["x"] + x1 * scale, box["y"] + y1 * scale, steps=12)
-                page.mouse.up()
-                page.wait_for_timeout(1000)  # the stroke's PNG goes to the kernel when the stroke ends
+                stroke(page, canvas, *STROKE)
                 panel.locator(".nbd-mask-painter").screenshot(path=str(ARTIFACTS / "inpaint-painter.png"))
 
                 panel.locator("button.nbd-generate-img2img").click()
@@ -160,12 +193,27 @@ def test_a_painted_stroke_inpaints_only_the_painted_region_in_jupyterlab(tmp_pat
                 panel.screenshot(path=str(shot))
 
                 run_cell(page, 1, dialogs)
-                output = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output")
-                output.filter(has_text="CHECK").wait_for(timeout=60_000)
-                text = output.inner_text()
-                assert "Error" not in text, text
-                check = json.loads(text.split("CHECK ", 1)[1].strip().splitlines()[0])
+                check = json.loads(cell_output(page, 1, "CHECK "))
                 print(f"\nscreenshots: {shot}, {ARTIFACTS / 'inpaint-painter.png'}; kernel check: {check}")
+                assert page.evaluate(COUNT_JS, 0) == check["painted"]  # the canvas is what the kernel has
+
+                # a second view of the painter draws the same mask from the model
+                run_cell(page, 2, dialogs)
+                page.wait_for_function(f"({COUNT_JS})(1) === {check['painted']}", timeout=30_000)
+
+                # Erase: a stroke across the middle takes the mask away there, in the kernel and in the other view
+                panel.locator(".nbd-painter-erase input").check()
+                stroke(page, canvas, *ERASE)
+                run_cell(page, 3, dialogs)
+                erased = json.loads(cell_output(page, 3, "ERASED "))
+                page.wait_for_function(f"({COUNT_JS})(1) === {erased['painted']}", timeout=30_000)
+
+                # Clear: nothing painted
+                panel.locator("button.nbd-painter-clear").click()
+                page.wait_for_timeout(1000)
+                run_cell(page, 4, dialogs)
+                cleared = cell_output(page, 4, "CLEARED")
+                page.wait_for_function(f"({COUNT_JS})(1) === 0", timeout=30_000)
             except Exception:
                 page.screenshot(path=str(ARTIFACTS / "failure.png"))
                 print(f"failure screenshot: {ARTIFACTS / 'failure.png'}")
@@ -193,3 +241,6 @@ def test_a_painted_stroke_inpaints_only_the_painted_region_in_jupyterlab(tmp_pat
     assert check["far"] > 1000 and check["changed_far"] == 0, check
     assert check["changed_painted"] > 0.9, check
     assert "Mask blur: 4" in check["infotext"] and "Denoising strength: 0.75" in check["infotext"]
+    # the erasing stroke removed the middle of the painted line and kept its ends
+    assert erased["middle"] == 0 and erased["left"] == 255 and 0 < erased["painted"] < check["painted"], erased
+    assert cleared == "True"

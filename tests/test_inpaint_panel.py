@@ -354,3 +354,24 @@ def test_pasting_an_inpaint_infotext_fills_the_inpaint_controls(panel):
     assert (ui.inpainting_mask_invert.value, ui.inpainting_fill.value, ui.inpaint_full_res.value,
             ui.inpaint_full_res_padding.value, ui.soft_inpainting.value) == (0, 1, False, 32, False)
     assert ui.initial_noise_multiplier.value == 1.0  # a setting the first infotext overrode, back to A1111's
+
+
+def test_inpaint_generate_gives_the_same_pixels_as_img2img_with_a_mask(panel, session):
+    small(panel, seed=5, prompt="a blue square")
+    init = Image.new("RGB", (64, 64), (235, 235, 235))
+    ImageDraw.Draw(init).ellipse((8, 8, 56, 56), fill=(200, 30, 30))
+    panel._send_to_img2img(init)
+    panel.w.img2img_mode.value = "inpaint"
+    panel.w.painter.set_state({"mask": memoryview(stroke_png(box=(16, 24, 48, 40)))})
+    panel.w.inpainting_fill.value = 0
+    panel.w.soft_inpainting.value = True
+    panel.w.generate_img2img.click()
+    result = panel.wait(60)
+    assert panel.error is None, panel.error
+    again = session.img2img(**panel.img2img_params)
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(again.images[0]))
+    assert result.infotexts == again.infotexts
+    # A1111's UI defaults went in: no "Inpaint area" / "Masked area padding" keys (whole picture), fill written
+    assert "Mask blur: 4" in result.infotexts[0] and "Masked content: fill" in result.infotexts[0]
+    assert "Inpaint area" not in result.infotexts[0] and "Soft inpainting enabled: True" in result.infotexts[0]
+    assert result.inpaint[0].crop_region is None and result.inpaint[0].binary.size == (64, 64)
