@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
 from nbdiffuse.io.grid import combine_grid, split_grid
@@ -129,3 +130,93 @@ def test_combine_grid_equals_a1111():
 def test_split_grid_refuses_an_overlap_as_wide_as_a_tile():
     with pytest.raises(ValueError, match="overlap"):
         split_grid(Image.new("RGB", (100, 100)), 64, 64, 64)
+
+
+# ------------------------------------------------------------------ the jobs against the scripts, end to end
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """The stand-in the fixture's process_images was: record each img2img job, return its init images inverted."""
+    import nbdiffuse.jobs.img2img as img2img_module
+    from nbdiffuse.jobs.result import Result
+
+    calls = []
+
+    def fake(bundle, p, encoder, init_images, *, mask=None, latent_mask=None, **kw):
+        calls.append(dict(p=p, init=list(init_images), mask=mask, latent_mask=latent_mask))
+        images = [ImageOps.invert(im.convert("RGB")).resize((p.width, p.height)) for im in init_images]
+        seeds = [p.seed + i for i in range(len(images))]
+        return Result(images, [f"seed {p.seed}"] * len(images), seeds, seeds, torch.empty(0), p)
+        yield  # a job generator
+
+    monkeypatch.setattr(img2img_module, "img2img_steps", fake)
+    return calls
+
+
+def _run(gen):
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+@pytest.mark.parametrize("case", [c for c in META["poor"] if f"poor/{c['name']}/init" in FIXTURE.files],
+                         ids=lambda c: c["name"])
+def test_poor_mans_job_runs_the_tiles_a1111_runs(case, recorded):
+    from nbdiffuse.jobs.outpaint import poor_mans_outpainting_steps
+    from nbdiffuse.jobs.params import GenerationParams
+
+    name = case["name"]
+    p = GenerationParams(width=case["tile"][0], height=case["tile"][1], seed=case["seed"], n_iter=3, batch_size=2)
+    result = _run(poor_mans_outpainting_steps(None, p, None, png(f"poor/{name}/init"), pixels=case["pixels"],
+                                              mask_blur=case["mask_blur"], inpainting_fill=case["fill"],
+                                              direction=case["direction"]))
+    assert len(recorded) == len(case["calls"])
+    for k, (ours, theirs) in enumerate(zip(recorded, case["calls"])):
+        q = ours["p"]
+        assert (q.seed, q.width, q.height, q.batch_size, q.n_iter) == (theirs["seed"], theirs["width"],
+                                                                      theirs["height"], 1, 1)
+        assert (q.mask_blur, q.inpainting_fill, q.inpaint_full_res) == (theirs["mask_blur"],
+                                                                         theirs["inpainting_fill"], False)
+        same(ours["init"][0], f"poor/{name}/{k}/init")
+        same(ours["mask"], f"poor/{name}/{k}/mask")
+        same(ours["latent_mask"], f"poor/{name}/{k}/latent_mask")
+    same(result.image, f"poor/{name}/result")
+    assert (result.seeds, result.infotexts) == ([case["result_seed"]], [case["result_info"]])
+
+
+@pytest.mark.parametrize("case", MK2, ids=lambda c: c["name"])
+def test_mk2_job_runs_the_steps_a1111_runs(case, recorded):
+    from nbdiffuse.jobs.outpaint import outpainting_mk2_steps
+    from nbdiffuse.jobs.params import GenerationParams
+
+    name = case["name"]
+    p = GenerationParams(width=case["job"][0], height=case["job"][1], seed=case["seed"])
+    result = _run(outpainting_mk2_steps(None, p, None, png(f"mk2/{name}/init"), pixels=case["pixels"],
+                                        mask_blur=case["mask_blur"], direction=case["direction"],
+                                        noise_q=case["noise_q"], color_variation=case["color_variation"]))
+    assert len(recorded) == len(case["calls"])
+    for k, (ours, theirs) in enumerate(zip(recorded, case["calls"])):
+        q = ours["p"]
+        assert (q.seed, q.width, q.height) == (theirs["seed"], theirs["width"], theirs["height"])
+        assert (q.mask_blur_x, q.mask_blur_y, q.inpainting_fill, q.inpaint_full_res) == (
+            theirs["mask_blur_x"], theirs["mask_blur_y"], theirs["inpainting_fill"], False)
+        same(ours["init"][0], f"mk2/{name}/{k}/init")
+        same(ours["mask"], f"mk2/{name}/{k}/mask")
+        same(ours["latent_mask"], f"mk2/{name}/{k}/latent_mask")
+    same(result.image, f"mk2/{name}/result")
+    assert (result.seeds, result.infotexts) == ([case["result_seed"]], [case["result_info"]])
+
+
+def test_mk2_job_refuses_before_any_job_where_a1111_fails(recorded):
+    from nbdiffuse.jobs.outpaint import outpainting_mk2_steps
+    from nbdiffuse.jobs.params import GenerationParams
+
+    case = next(c for c in META["mk2"] if c["name"] == "too_far")
+    p = GenerationParams(width=case["job"][0], height=case["job"][1], seed=case["seed"])
+    with pytest.raises(ValueError, match="job's height is 64"):
+        _run(outpainting_mk2_steps(None, p, None, Image.new("RGB", tuple(case["size"])), pixels=case["pixels"],
+                                   mask_blur=case["mask_blur"], direction=case["direction"]))
+    assert recorded == [] and len(case["calls"]) == 1  # A1111 ran (and wasted) its left step first
