@@ -220,3 +220,20 @@ def test_mk2_job_refuses_before_any_job_where_a1111_fails(recorded):
         _run(outpainting_mk2_steps(None, p, None, Image.new("RGB", tuple(case["size"])), pixels=case["pixels"],
                                    mask_blur=case["mask_blur"], direction=case["direction"]))
     assert recorded == [] and len(case["calls"]) == 1  # A1111 ran (and wasted) its left step first
+
+
+def test_mk2_job_grows_a_batch_side_by_side_and_repeats_for_n_iter(recorded):
+    from nbdiffuse.jobs.outpaint import outpainting_mk2_steps
+    from nbdiffuse.jobs.params import GenerationParams
+
+    case = MK2[0]
+    p = GenerationParams(width=case["job"][0], height=case["job"][1], seed=case["seed"], batch_size=2, n_iter=2)
+    result = _run(outpainting_mk2_steps(None, p, None, png(f"mk2/{case['name']}/init"), pixels=case["pixels"],
+                                        mask_blur=case["mask_blur"], direction=case["direction"],
+                                        noise_q=case["noise_q"], color_variation=case["color_variation"]))
+    # A1111: each direction is one job of batch_size pictures, the whole run repeated n_iter times, p.seed kept
+    assert len(recorded) == 2 * len(case["calls"])
+    assert all(len(c["init"]) == 2 and c["p"].batch_size == 2 and c["p"].seed == case["seed"] for c in recorded)
+    assert len(result.images) == 4 and result.seeds == [case["seed"]] * 4
+    for image in result.images:
+        same(image, f"mk2/{case['name']}/result")
