@@ -52,7 +52,8 @@ def write_notebook(path: Path) -> None:
     path.write_text(json.dumps(nb), encoding="utf-8")
 
 
-def start_lab(root: Path, port: int, token: str, log: Path) -> subprocess.Popen:
+def start_lab(root: Path, port: int, token: str, log: Path, app: str = "lab") -> subprocess.Popen:
+    """Start ``jupyter lab`` (or ``app="notebook"``: Notebook 7) serving ``root`` on 127.0.0.1:``port``."""
     notification = root / ".lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
     notification.write_text('{"fetchNews": "false"}')  # no "Jupyter news?" toast over the screenshot
@@ -60,10 +61,12 @@ def start_lab(root: Path, port: int, token: str, log: Path) -> subprocess.Popen:
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "JUPYTERLAB_SETTINGS_DIR": str(root / ".lab-settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(root / ".lab-workspaces"), "JUPYTER_RUNTIME_DIR": str(root / ".runtime")}
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+    cmd = [sys.executable, "-m", "jupyter", app, "--no-browser", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-           "--LabApp.extension_manager=readonly", "--ServerApp.terminals_enabled=False"]
+           f"--ServerApp.root_dir={root}", "--ServerApp.terminals_enabled=False"]
+    if app == "lab":
+        cmd += ["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.extension_manager=readonly"]
     if os.geteuid() == 0:  # CI containers run as root
         cmd.append("--allow-root")
     return subprocess.Popen(cmd, cwd=root, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,

@@ -1,11 +1,12 @@
-"""The mask painter in a real browser: JupyterLab on 127.0.0.1, Debian's chromium driven by playwright.
+"""The mask painter in a real browser: JupyterLab (and Notebook 7 where it is installed) on 127.0.0.1, Debian's
+chromium driven by playwright.
 
 Opens the panel with the toy model, uploads an init image through the img2img tab's file button, switches to the
 Inpaint mode, paints one stroke with the mouse on the painter's canvas, clicks Generate, then checks in the kernel
 that the painted mask is where the mouse went and that only the painted region changed: every pixel farther from it
 than the mask blur reaches is the init image's, exactly (the original is overlaid after paste-back). Then a second
 view of the painter draws the same mask from the model, an Erase stroke and Clear reach the kernel and that view.
-Keeps a screenshot in ``artifacts/inpaint.png``. Like tests/test_browser.py it FAILS when JupyterLab or the browser
+Keeps screenshots in ``artifacts/inpaint-*.png``. Like tests/test_browser.py it FAILS when JupyterLab or the browser
 cannot start, and is skipped only when ``NBDIFFUSE_SKIP_BROWSER=1`` is set.
 """
 
@@ -135,7 +136,10 @@ def run_cell(page, index: int, dialogs: list[str]) -> None:
                 pytest.fail(f"cell {index} never started running (prompt: {prompt.inner_text()!r})")
 
 
-def test_a_painted_stroke_inpaints_only_the_painted_region_in_jupyterlab(tmp_path):
+@pytest.mark.parametrize("app", ["lab", "notebook"])
+def test_a_painted_stroke_inpaints_only_the_painted_region(tmp_path, app):
+    if app == "notebook":
+        pytest.importorskip("notebook", minversion="7", reason="Notebook 7 is not installed (pip install notebook)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as e:
@@ -148,10 +152,10 @@ def test_a_painted_stroke_inpaints_only_the_painted_region_in_jupyterlab(tmp_pat
     init_image(tmp_path / "init.png")
     log = tmp_path / "jupyter.log"
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "inpaint.png"
+    shot = ARTIFACTS / f"inpaint-{app}.png"
     console: list[str] = []
     dialogs: list[str] = []
-    server = start_lab(tmp_path, port, token, log)
+    server = start_lab(tmp_path, port, token, log, app)
     browser = None
     try:
         wait_for_server(server, f"http://127.0.0.1:{port}/api/status?token={token}", log)
@@ -164,7 +168,8 @@ def test_a_painted_stroke_inpaints_only_the_painted_region_in_jupyterlab(tmp_pat
             page.set_default_timeout(120_000)
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
             try:
-                page.goto(f"http://127.0.0.1:{port}/lab/tree/inpaint.ipynb?token={token}")
+                page.goto(f"http://127.0.0.1:{port}/{'lab/tree' if app == 'lab' else 'notebooks'}/inpaint.ipynb"
+                          f"?token={token}")
                 page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=180_000)
                 dismiss_dialogs(page, dialogs)
                 run_cell(page, 0, dialogs)
@@ -183,7 +188,7 @@ def test_a_painted_stroke_inpaints_only_the_painted_region_in_jupyterlab(tmp_pat
 
                 # one stroke with the mouse, in image pixels mapped onto the canvas as shown
                 stroke(page, canvas, *STROKE)
-                panel.locator(".nbd-mask-painter").screenshot(path=str(ARTIFACTS / "inpaint-painter.png"))
+                panel.locator(".nbd-mask-painter").screenshot(path=str(ARTIFACTS / f"inpaint-painter-{app}.png"))
 
                 panel.locator("button.nbd-generate-img2img").click()
                 page.wait_for_function("document.querySelector('.nbd-status').textContent.includes('Done: 1 image')",
@@ -194,7 +199,7 @@ def test_a_painted_stroke_inpaints_only_the_painted_region_in_jupyterlab(tmp_pat
 
                 run_cell(page, 1, dialogs)
                 check = json.loads(cell_output(page, 1, "CHECK "))
-                print(f"\nscreenshots: {shot}, {ARTIFACTS / 'inpaint-painter.png'}; kernel check: {check}")
+                print(f"\nscreenshots: {shot}, {ARTIFACTS / f'inpaint-painter-{app}.png'}; kernel check: {check}")
                 assert page.evaluate(COUNT_JS, 0) == check["painted"]  # the canvas is what the kernel has
 
                 # a second view of the painter draws the same mask from the model
@@ -215,8 +220,8 @@ def test_a_painted_stroke_inpaints_only_the_painted_region_in_jupyterlab(tmp_pat
                 cleared = cell_output(page, 4, "CLEARED")
                 page.wait_for_function(f"({COUNT_JS})(1) === 0", timeout=30_000)
             except Exception:
-                page.screenshot(path=str(ARTIFACTS / "failure.png"))
-                print(f"failure screenshot: {ARTIFACTS / 'failure.png'}")
+                page.screenshot(path=str(ARTIFACTS / f"failure-{app}.png"))
+                print(f"failure screenshot: {ARTIFACTS / f'failure-{app}.png'}")
                 raise
     except Exception:
         if console:
