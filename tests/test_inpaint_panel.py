@@ -270,6 +270,19 @@ def test_the_painter_keeps_its_mask_as_the_image_size_alpha():
     painter.close()
 
 
+def test_the_brush_follows_the_image_size_until_someone_chooses_one():
+    painter = MaskPainter()
+    painter.set_image(Image.new("RGB", (64, 64)))
+    assert painter.brush_size == 4  # a sixteenth of the longer side
+    painter.set_image(Image.new("RGB", (1024, 512)))
+    assert painter.brush_size == 64
+    painter.set_state({"brush_size": 20})  # the widget's slider
+    painter.set_image(Image.new("RGB", (512, 512)))
+    assert painter.brush_size == 20
+    assert MaskPainter(brush_size=7).brush_size == 7
+    painter.close()
+
+
 def test_the_painters_module_is_valid_javascript_with_a_render():
     js = (ROOT / "src" / "nbdiffuse" / "ui" / "static" / "painter.js").read_text(encoding="utf-8")
     assert MaskPainter()._esm == js and "export default { render }" in js
@@ -278,6 +291,18 @@ def test_the_painters_module_is_valid_javascript_with_a_render():
         pytest.skip("node is not installed (the browser test runs the module)")
     check = subprocess.run([node, "--input-type=module", "--check"], input=js, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+def test_a_mask_of_the_wrong_size_is_refused_in_the_panel_before_sampling(panel):
+    small(panel)
+    panel._send_to_img2img(Image.new("RGB", (64, 64)))
+    panel.w.img2img_mode.value = "inpaint_upload"
+    panel.w.inpaint_full_res.value = True
+    upload(panel.w.mask_upload, "mask.png", png(Image.new("L", (32, 32), 255)))
+    panel.w.generate_img2img.click()
+    assert panel.wait(60) is None
+    assert "32x32" in panel.error and "64x64" in panel.error and panel.w.progress.value == 0
+    assert not panel.w.generate_img2img.disabled
 
 
 def test_without_the_painter_the_upload_mode_still_works(sd1, monkeypatch):

@@ -71,9 +71,18 @@ class MaskPainter(anywidget.AnyWidget):
     # echo_update=False: ipywidgets 8 would send each stroke's PNG back to the view that sent it (7 ignores the tag)
     mask = traitlets.Bytes(b"", help="the mask as PNG (alpha 255 where painted); b'': nothing painted").tag(
         sync=True, from_json=_bytes_from_json, echo_update=False)
-    brush_size = traitlets.Int(32, help="the brush's diameter, in image pixels").tag(sync=True)
+    brush_size = traitlets.Int(32, help="the brush's diameter, in image pixels (until you choose one: a sixteenth "
+                                        "of the image's longer side)").tag(sync=True)
     erase = traitlets.Bool(False, help="strokes erase instead of paint").tag(sync=True)
     labels = traitlets.Dict(help="the widget's words: brush_size, erase, clear, no_image").tag(sync=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._auto_brush = "brush_size" not in kwargs  # follows the image's size until someone sets it
+        self.observe(self._brush_chosen, names="brush_size")
+
+    def _brush_chosen(self, _change) -> None:
+        self._auto_brush = False
 
     @traitlets.validate("brush_size")
     def _valid_brush(self, proposal):
@@ -92,6 +101,9 @@ class MaskPainter(anywidget.AnyWidget):
             return
         self.width, self.height = image.size
         self.image = png if png is not None else _png(image)
+        if self._auto_brush:
+            self.brush_size = min(256, max(2, round(max(image.size) / 16)))
+            self._auto_brush = True  # still the automatic size (the assignment looked like a choice)
 
     def clear(self) -> None:
         """Erase the whole mask."""
