@@ -350,6 +350,8 @@ def test_set_params_sets_the_inpaint_controls(recording):
     assert ui.inpainting_fill.value == 3
     panel.set_params(soft_inpainting=None)
     assert not ui.soft_inpainting.value
+    panel.set_params(soft_inpainting=True)  # the API's "on, with A1111's defaults"
+    assert ui.soft_inpainting.value and ui.soft_sliders["mask_blend_power"].value == 1.0
     # a blur per axis has no slider: it is kept, used instead of the slider's, and dropped when the slider moves
     panel.set_params(mask_blur_x=2, mask_blur_y=6)
     panel._send_to_img2img(Image.new("RGB", (64, 64)))

@@ -26,6 +26,7 @@ from PIL import Image
 
 from .. import infotext
 from ..jobs.params import GenerationParams
+from ..jobs.soft_inpainting import SoftInpainting
 from ..sampling.registry import resolve_sampler
 from ..sampling.schedules import resolve_schedule
 from .gallery import NEWEST_ONLY, Gallery, Job
@@ -78,12 +79,14 @@ def _upload_files(value) -> list[tuple[str, bytes]]:
 
 
 class Panel:
-    """A1111's txt2img screen for a :class:`~nbdiffuse.Session`, in the notebook, with no server.
+    """A1111's txt2img and img2img screens for a :class:`~nbdiffuse.Session`, in the notebook, with no server.
 
-    ``panel.params`` is the dict you would pass to ``session.txt2img``; ``panel.set_params(...)`` fills the
-    controls; ``panel.generate()`` (the Generate button) runs it on a worker thread and ``panel.wait()`` waits
-    for it. ``lang``: ``"en"`` or ``"zh"`` (default: from the locale). ``preview_every``: live preview every N
-    steps (0: off). ``gallery_jobs``: how many past jobs the gallery keeps (``panel.gallery.jobs``).
+    ``panel.params`` is the dict you would pass to ``session.txt2img``, ``panel.img2img_params`` the one for
+    ``session.img2img`` (init image, and in the Inpaint modes the painted or uploaded mask with every inpainting
+    control); ``panel.set_params(...)`` fills the controls; ``panel.generate()`` / ``panel.generate_img2img()``
+    (the Generate buttons) run them on a worker thread and ``panel.wait()`` waits for it. ``lang``: ``"en"`` or
+    ``"zh"`` (default: from the locale). ``preview_every``: live preview every N steps (0: off). ``gallery_jobs``:
+    how many past jobs the gallery keeps (``panel.gallery.jobs``).
 
     >>> from nbdiffuse.ui import Panel
     >>> Panel(session, lang="zh")  # doctest: +SKIP
@@ -211,9 +214,12 @@ class Panel:
         self._show_extra()
 
     def _set_soft_inpainting(self, settings) -> None:
-        """The soft inpainting checkbox and sliders from None (off), a ``SoftInpainting`` or a dict of its fields."""
+        """The soft inpainting checkbox and sliders from None (off), True (A1111's defaults), a ``SoftInpainting`` or
+        a dict of its fields."""
         self.w.soft_inpainting.value = bool(settings)
-        if settings and settings is not True:
+        if settings is True:
+            settings = SoftInpainting()
+        if settings:
             values = settings if isinstance(settings, dict) else {n: getattr(settings, n) for n in self.w.soft_sliders}
             for name, value in values.items():
                 _set_control(self.w.soft_sliders[name], value)
