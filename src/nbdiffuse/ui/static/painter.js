@@ -112,7 +112,9 @@ function render({ model, el: root }) {
   }
 
   function send() {
+    if (canvas.width === 0 || canvas.height === 0) return; // no image yet: nothing to send
     canvas.toBlob(async (blob) => {
+      if (!blob) return;
       const buffer = await blob.arrayBuffer();
       lastSent = new DataView(buffer);
       model.set("mask", new DataView(buffer));
