@@ -328,7 +328,8 @@ class Session:
         """Load a model and make it current: a :class:`ModelBundle`, a single-file checkpoint (``.safetensors``;
         ``.ckpt``/``.pt`` through ``torch.load(weights_only=True)`` only), a diffusers folder, a name in the
         checkpoints folder of ``models_dir`` (A1111 ``models/Stable-diffusion`` or ComfyUI ``models/checkpoints``),
-        or ``"toy"`` (the embedded toy model). ``hash=False`` skips the ``Model hash``; a file's first-time hash
+        or ``"toy"`` (the embedded toy model; ``"toy-inpainting"``: its inpainting variant, a 9-channel UNet).
+        ``hash=False`` skips the ``Model hash``; a file's first-time hash
         is computed in the background while the first job runs (its infotext waits only if the job ends first).
 
         Any problem with the file raises :class:`~nbdiffuse.models.errors.ModelLoadError` (a ``ValueError``) that
@@ -341,15 +342,15 @@ class Session:
         load_as = loading_dtypes(self._policy(), self._overrides)  # the VAE's final dtype needs its config
         if isinstance(model, ModelBundle):
             bundle = model
-        elif isinstance(model, str) and model == "toy" and not Path(model).exists():
+        elif isinstance(model, str) and model in ("toy", "toy-inpainting") and not Path(model).exists():
             try:
                 from .toy import load_toy
             except ImportError as e:
-                raise ModelLoadError("toy", f"the embedded toy model is not available in this install ({e})") from e
+                raise ModelLoadError(model, f"the embedded toy model is not available in this install ({e})") from e
             try:
-                bundle = load_toy(device=self._load_device(), dtype=load_as)
+                bundle = load_toy(device=self._load_device(), dtype=load_as, inpainting=model == "toy-inpainting")
             except (OSError, ValueError) as e:
-                raise ModelLoadError("toy", str(e)) from e
+                raise ModelLoadError(model, str(e)) from e
         else:
             path = self._resolve(model, "checkpoints")
             if path.is_dir():
