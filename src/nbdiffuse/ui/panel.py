@@ -621,7 +621,7 @@ class Panel:
 
     def _refresh_models(self) -> None:
         listing = self.session.models()
-        self.w.checkpoint.options = ["toy", *listing["checkpoints"]]
+        self.w.checkpoint.options = ["toy", "toy-inpainting", *listing["checkpoints"]]
         self.w.vae.options = ["Automatic", *listing["vae"]]
         self.w.lora.options = listing["loras"]
         self.w.embedding.options = listing["embeddings"]
