@@ -308,3 +308,14 @@ def test_soft_inpainting_runs_as_a1111s_extension(toy, red):
             "0.5, Soft inpainting transition contrast boost: 4, Soft inpainting mask influence: 0, Soft inpainting "
             "difference threshold: 0.5, Soft inpainting difference contrast: 2, Mask blur: 4") in line
     assert infotext.to_params(soft.infotexts[0])["soft_inpainting"]["inpaint_detail_preservation"] == 4.0
+
+
+def test_loopback_inpaints_the_same_region_every_loop(toy, red):
+    mask = masks.rectangle((64, 64), (16, 16, 48, 48))
+    r = toy.loopback([red], loops=3, mask=mask, prompt=BLUE_PROMPT, seed=1, steps=4, denoising_strength=0.8,
+                     inpaint_full_res=False, mask_blur=0)
+    keep = np.asarray(mask) == 0
+    assert len(r.images) == 3
+    for image in r.images:  # every loop pastes the (unchanged) surroundings back
+        assert np.array_equal(np.asarray(image)[keep], np.asarray(red)[keep])
+    assert all("Mask blur" not in t and "Masked content: fill" in t for t in r.infotexts)

@@ -767,9 +767,11 @@ class Session:
         return self._run(gen, p.steps * p.n_iter, p.sampler_name)
 
     def loopback(self, init_images=None, *, loops: int = 4, final_denoising_strength: float = 0.5,
-                 denoising_curve: str = "Linear", hooks: Sequence[Hook] | None = None, **params) -> Result:
+                 denoising_curve: str = "Linear", mask=None, hooks: Sequence[Hook] | None = None,
+                 **params) -> Result:
         """img2img ``loops`` times, feeding each output back in, the denoising strength moving towards
-        ``final_denoising_strength`` along ``denoising_curve`` (A1111's Loopback script)."""
+        ``final_denoising_strength`` along ``denoising_curve`` (A1111's Loopback script); with a ``mask`` each loop
+        inpaints the same region."""
         from .jobs.img2img import loopback_steps
 
         def build():
@@ -777,7 +779,7 @@ class Session:
             bundle, kw = self._start(hooks)
             return p, self._with_networks(p, loopback_steps(
                 bundle, p, self.encoder, init_images, loops=loops, final_denoising_strength=final_denoising_strength,
-                denoising_curve=denoising_curve, **kw))
+                denoising_curve=denoising_curve, mask=mask, **kw))
 
         p, gen = self._held("a loopback job", build)
         return self._run(gen, p.steps * loops * p.n_iter, "Loopback")

@@ -404,7 +404,7 @@ def loopback_denoising(loop: int, loops: int, initial: float, final: float, curv
 
 
 def loopback_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images, *, loops: int = 4,
-                   final_denoising_strength: float = 0.5, denoising_curve: str = "Linear",
+                   final_denoising_strength: float = 0.5, denoising_curve: str = "Linear", mask=None,
                    hooks: Sequence[Hook] = (), control: JobControl | None = None,
                    outputs_dir: str | Path | None = None, progress: Progress | None = None,
                    styles: Mapping[str, Style] | None = None) -> Generator[StepState, None, Result]:
@@ -414,7 +414,8 @@ def loopback_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_image
     denoising strength :func:`loopback_denoising` gives for it (``denoising_strength`` -> ``final_denoising_
     strength``); every ``n_iter`` batch restarts from the init image and the initial strength. Batch size is 1.
     Like A1111, the result holds every loop's image when ``n_iter == 1``, else the last image of each batch (all
-    are saved). Infotexts add ``Final denoising strength`` and ``Denoising curve``.
+    are saved). Infotexts add ``Final denoising strength`` and ``Denoising curve``. With a ``mask`` every loop
+    inpaints the same region of the previous loop's picture (A1111 keeps ``p.image_mask`` across loops).
     """
     if not isinstance(loops, int) or isinstance(loops, bool) or loops < 1:
         raise ValueError(f"loops={loops!r} is not valid: it must be an integer >= 1.")
@@ -440,7 +441,7 @@ def loopback_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_image
         denoising = initial
         for i in range(loops):
             loop_p = p1.replace(seed=seed, denoising_strength=denoising)
-            r = yield from img2img_steps(bundle, loop_p, encoder, [image], hooks=hooks, control=control,
+            r = yield from img2img_steps(bundle, loop_p, encoder, [image], mask=mask, hooks=hooks, control=control,
                                          outputs_dir=outputs_dir, progress=progress, styles=styles,
                                          infotext_extra=extra)
             all_results.append(r)
