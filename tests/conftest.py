@@ -41,6 +41,22 @@ def session(sd1, tmp_path):
     return s
 
 
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A Session with the embedded toy model, saving into a temporary folder (one per test module)."""
+    from nbdiffuse import Session
+
+    s = Session(outputs_dir=tmp_path_factory.mktemp("outputs"), progress=False)
+    s.load("toy")
+    return s
+
+
+@pytest.fixture(scope="module")
+def red(toy):
+    """The toy model's own picture of a large red circle on white (64x64)."""
+    return toy.txt2img(prompt="a large red circle in the centre on a white background", seed=3, steps=12).image
+
+
 def drive(gen, replace=None):
     """Run a step generator (a sampler, a job) to its end, sending ``replace(state)`` after each step (None: keep
     the latent); returns ``(what it returned, every StepState)``. Tests import it: ``from conftest import drive``."""

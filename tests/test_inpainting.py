@@ -15,19 +15,6 @@ from nbdiffuse.models.vae import encode
 BLUE_PROMPT = "a large blue square in the centre on a white background"
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    s = Session(outputs_dir=tmp_path_factory.mktemp("outputs"), progress=False)
-    s.load("toy")
-    return s
-
-
-@pytest.fixture(scope="module")
-def red(toy):
-    """The toy model's own picture of a red circle on white."""
-    return toy.txt2img(prompt="a large red circle in the centre on a white background", seed=3, steps=12).image
-
-
 def _job(toy, red, mask, **kw):
     params = dict(prompt=BLUE_PROMPT, seed=1, steps=8, denoising_strength=1.0, inpaint_full_res=False)
     return toy.img2img([red], mask=mask, **{**params, **kw})

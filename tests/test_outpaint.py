@@ -7,22 +7,10 @@ import pytest
 from PIL import Image
 
 import nbdiffuse.jobs.img2img as img2img_module
-from nbdiffuse import Session, infotext
+from nbdiffuse import infotext
 from nbdiffuse.jobs.outpaint import expansion
 
 BASE = dict(prompt="a red circle on a white background", steps=3, denoising_strength=0.8)
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    s = Session(outputs_dir=tmp_path_factory.mktemp("outputs"), progress=False)
-    s.load("toy")
-    return s
-
-
-@pytest.fixture(scope="module")
-def red(toy):
-    return toy.txt2img(prompt="a large red circle in the centre on a white background", seed=3, steps=6).image
 
 
 @pytest.fixture
