@@ -45,6 +45,7 @@ from .memory_stats import memory_line, memory_numbers
 from .nancheck import FiniteWatch, NonFiniteLatents, all_finite, unet_failure
 from .params import GenerationParams
 from .result import Result
+from .soft_inpainting import latent_blend, modified_nmask
 
 Hook = Callable[[StepState], "torch.Tensor | None"]
 Progress = Callable[[StepState], None]
@@ -186,8 +187,6 @@ class LatentBlend:
         nmask = self.nmask.to(device=current.device, dtype=current.dtype)
         if self.soft is None:
             return current * nmask + init * (1 - nmask)
-        from .soft_inpainting import latent_blend, modified_nmask
-
         s = float(sigma.reshape(-1)[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
         return latent_blend(self.soft, init, current, modified_nmask(self.soft, nmask, s)).to(current.dtype)
 
@@ -209,7 +208,8 @@ class LatentBlend:
 
         def blended_input(x, sigma):
             scale = (1 + sigma.reshape(-1)[0].float() ** 2) ** 0.5  # x = x_vp * sqrt(1 + sigma^2)
-            x_in = self(x / scale, denoiser.timestep(sigma.reshape(-1)[:1])) * scale
+            t = denoiser.timestep(sigma.reshape(-1)[:1]) if self.soft is not None else sigma  # soft: A1111's t
+            x_in = self(x / scale, t) * scale
             return model(x_in, sigma) + (x - x_in)  # the eps of the blended input, from the sampler's own x
 
         return blended_input

@@ -290,9 +290,7 @@ def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_di
                      noise_sigma=img2img_noise_sigma(p.steps, denoising, bundle, spec), extra_noise=p.extra_noise)
     plan = replace(plan, noise_multiplier=p.noise_multiplier)
     init = init_latents(bundle, p, [prep.image for prep in prepared] if inpainting else images)
-    sources = ([prep.image for prep in prepared] if inpainting else
-               [im if p.resize_mode == 3 else resize_image(p.resize_mode, im, p.width, p.height) for im in images])
-    image_cond = inpainting_image_cond(bundle, p, sources, prepared if inpainting else None, tuple(init.shape[-2:]))
+    image_cond = inpainting_image_cond(bundle, p, images, prepared if inpainting else None, tuple(init.shape[-2:]))
     blend = None
     if inpainting:
         init, blend = masked_init(bundle, p, init, prepared, all_seeds)
@@ -326,13 +324,16 @@ def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_di
     return result
 
 
-def inpainting_image_cond(bundle, p: GenerationParams, sources: Sequence[Image.Image], prepared,
+def inpainting_image_cond(bundle, p: GenerationParams, images: Sequence[Image.Image], prepared,
                           latent_hw: tuple[int, int]) -> torch.Tensor | None:
     """An inpainting checkpoint's extra UNet input for the batch (A1111's ``img2img_image_conditioning`` of the
-    pictures it encodes, filled ones included): the processed mask (all ones without a mask: the whole picture is
-    made) and the masked pictures' latents, with "Conditional mask weight"; None for other models."""
+    pictures it encodes: the prepared, filled ones when inpainting, else ``images`` resized): the processed mask
+    (all ones without a mask: the whole picture is made) and the masked pictures' latents, with "Conditional mask
+    weight"; None for other models."""
     if not bundle.is_inpainting:
         return None
+    sources = ([prep.image for prep in prepared] if prepared is not None else
+               [im if p.resize_mode == 3 else resize_image(p.resize_mode, im, p.width, p.height) for im in images])
     pictures = list(sources) * (p.batch_size if len(sources) == 1 else 1)
     mask = prepared[0].mask if prepared is not None else None
     return inpainting_conditioning(bundle, pictures, latent_hw, mask, p.inpainting_mask_weight, mask_round(p))
