@@ -820,6 +820,36 @@ class Session:
         p, gen = self._held("an outpainting job", build)
         return self._run(gen, p.steps * 4 * p.n_iter, "Outpainting")
 
+    def sd_upscale(self, init_images=None, *, overlap: int = 64, scale_factor: float = 2.0, upscaler: str = "None",
+                   hooks: Sequence[Hook] | None = None, **params) -> Result:
+        """A1111's "SD upscale" script: upscale the picture ``scale_factor`` times with ``upscaler`` (None, Lanczos,
+        Nearest or an upscaler model; ``"None"`` keeps the size and ignores the scale factor, as A1111 does), cut it
+        into ``width x height`` tiles overlapping by ``overlap`` and redraw each tile with img2img (the other
+        parameters are img2img's; ``batch_size`` tiles per job, the seed rising after each job as in A1111; ``n_iter``
+        repeats it with ``seed + n``). The joined picture is saved under img2img-images with the first tile's
+        infotext; ``result.sd_upscale`` says where the tiles lay (:func:`nbdiffuse.viz.show_tiles`).
+
+        >>> result = session.sd_upscale([picture], upscaler="Lanczos", scale_factor=2, width=64, height=64,
+        ...                             overlap=16, denoising_strength=0.3)   # doctest: +SKIP
+        """
+        from .jobs.sd_upscale import plan_sd_upscale, sd_upscale_steps
+
+        self._find_upscaler(upscaler)
+
+        def build():
+            p = self._params(params)
+            plan = plan_sd_upscale(p, init_images, overlap=overlap, scale_factor=scale_factor, upscaler=upscaler,
+                                   upscalers=self.upscalers)[2]
+            bundle, kw = self._start(hooks)
+            gen = sd_upscale_steps(bundle, p, self.encoder, init_images, overlap=overlap, scale_factor=scale_factor,
+                                   upscaler=upscaler, upscalers=self.upscalers, **kw)
+            jobs.append(-(-plan.cols * plan.rows // p.batch_size) * p.n_iter)
+            return p, self._with_networks(p, gen)
+
+        jobs: list[int] = []  # img2img jobs the run makes, for the progress bar
+        p, gen = self._held("an SD upscale job", build)
+        return self._run(gen, p.steps * jobs[0], "SD upscale")
+
     def hires_fix(self, result: Result | None = None, *, indices=None, hooks: Sequence[Hook] | None = None,
                   **changes) -> Result:
         """A1111's ✨: the hires second pass on an earlier txt2img result (default: the last one), reusing its

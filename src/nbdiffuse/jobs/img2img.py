@@ -207,9 +207,11 @@ def img2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images
                   hooks: Sequence[Hook] = (), control: JobControl | None = None,
                   outputs_dir: str | Path | None = None, progress: Progress | None = None,
                   styles: Mapping[str, Style] | None = None,
-                  infotext_extra: Mapping | None = None) -> Generator[StepState, None, Result]:
+                  infotext_extra: Mapping | None = None,
+                  infotext_lead: Mapping | None = None) -> Generator[StepState, None, Result]:
     """Run img2img for ``p`` from ``init_images`` on ``bundle``: yields every step, returns the :class:`Result`
-    (``p.denoising_strength`` None means 0.75). ``infotext_extra`` adds fields to every infotext.
+    (``p.denoising_strength`` None means 0.75). ``infotext_extra`` adds fields to every infotext;
+    ``infotext_lead`` adds fields before the job's own (a script's, set before A1111's ``process_images``).
 
     ``mask`` (white: inpaint) makes it A1111's inpainting, with ``p``'s mask fields (:mod:`nbdiffuse.masks`
     prepares the mask and the picture); ``latent_mask`` is A1111's ``p.latent_mask`` (the outpainting scripts'
@@ -220,7 +222,7 @@ def img2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images
     with circular_padding(bundle, p.tiling):
         return (yield from _img2img(bundle, p, encoder, images, prepared, hooks=hooks, control=control,
                                     outputs_dir=outputs_dir, progress=progress, styles=styles,
-                                    infotext_extra=infotext_extra))
+                                    infotext_extra=infotext_extra, infotext_lead=infotext_lead))
 
 
 def prepare_masks(p: GenerationParams, images: Sequence[Image.Image], mask, latent_mask, factor: int = 8):
@@ -264,7 +266,7 @@ def inpaint_fields(p: GenerationParams, prepared) -> dict:
 
 
 def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_dir, progress, styles,
-             infotext_extra):
+             infotext_extra, infotext_lead=None):
     control = control or JobControl()
     start = time.perf_counter()
     timings = new_timings()
@@ -301,6 +303,7 @@ def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_di
     weight = mask_weight_fields(bundle, p, "img2img")
     overlay_masks: list = []
     scripts = p.soft_inpainting.infotext_fields() if inpainting and p.soft_inpainting is not None else {}
+    scripts = {**(infotext_lead or {}), **scripts}
 
     def sample(n, seeds, subseeds):
         outcome = took((yield from run_pass(plan, denoiser, seeds, subseeds, shape, init=init, hooks=hooks,

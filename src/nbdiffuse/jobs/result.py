@@ -45,6 +45,8 @@ class Result:
     # inpainting: the mask each image was composited over the original with (255: the new picture shows), A1111's
     # mask_for_overlay, or soft inpainting's adaptive one
     overlay_masks: list | None = None
+    # SD upscale: where its tiles lay and their seeds (a jobs.sd_upscale.TilePlan; nbdiffuse.viz.show_tiles)
+    sd_upscale: object | None = None
 
     def __len__(self) -> int:
         return len(self.images)
