@@ -260,7 +260,8 @@ def test_model_upscaler_file_through_the_loader(jobs, fake_model_file):
     name = ups.register(path)
     assert name == "4x_Fake" and name in ups.names()
     r = jobs.txt2img(**BASE, enable_hr=True, hr_upscaler=name, hr_second_pass_steps=1, upscalers=ups)
-    assert calls == [(1, 3, 64, 64)] and r.images[0].size == (128, 128)  # one 4x pass, then Lanczos down
+    # one 4x pass, then Lanczos down; A1111's ESRGAN tiling (192 px) runs a 64x64 picture as one black-padded tile
+    assert calls == [(1, 3, 192, 192)] and r.images[0].size == (128, 128)
     r2 = jobs.txt2img(**BASE, enable_hr=True, hr_upscaler=str(path), hr_second_pass_steps=1, upscalers=ups)
     assert r2.images[0].size == (128, 128)
     assert len(loads) == 1  # the name and the path are the same file: loaded once

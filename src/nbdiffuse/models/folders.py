@@ -13,6 +13,7 @@ upscalers      models/ESRGAN, models/RealESRGAN models/upscale_models
 hypernetworks  models/hypernetworks             models/hypernetworks
 =============  ===============================  ===========================
 
+Upscalers are also found in A1111's ``models/DAT``, ``models/HAT``, ``models/SwinIR`` and ``models/ScuNET``.
 Names are file paths relative to their kind's folder, with forward slashes (``"sub/model.safetensors"``);
 :meth:`ModelFolders.find` also accepts the bare file name or the name without extension.
 """
@@ -29,7 +30,8 @@ LAYOUTS = {
     "loras": ("models/Lora", "models/LyCORIS", "models/loras"),
     "vae": ("models/VAE", "models/vae"),
     "embeddings": ("embeddings", "models/embeddings"),
-    "upscalers": ("models/ESRGAN", "models/RealESRGAN", "models/upscale_models"),
+    "upscalers": ("models/ESRGAN", "models/RealESRGAN", "models/DAT", "models/HAT", "models/SwinIR", "models/ScuNET",
+                  "models/upscale_models"),
     "hypernetworks": ("models/hypernetworks",),
 }
 EXTENSIONS = {
