@@ -850,6 +850,40 @@ class Session:
         p, gen = self._held("an SD upscale job", build)
         return self._run(gen, p.steps * jobs[0], "SD upscale")
 
+    def extras(self, image, *, upscaler_1: str = "Lanczos", upscaler_2: str = "None",
+               upscaler_2_visibility: float = 0.0, upscaling_resize: float = 2.0, upscaling_resize_w: int = 512,
+               upscaling_resize_h: int = 512, upscaling_crop: bool = True, resize_mode: int = 0,
+               max_side_length: int = 0):
+        """A1111's Extras tab, "Upscale": ``resize_mode=0`` ("Scale by") upscales ``upscaling_resize`` times (at most
+        ``max_side_length`` on the longer side when set); ``resize_mode=1`` ("Scale to") to ``upscaling_resize_w x
+        upscaling_resize_h``, cropped to fit with ``upscaling_crop``. ``upscaler_2`` is blended in by
+        ``upscaler_2_visibility``. Upscalers are None, Lanczos, Nearest or upscaler models (no model needs to be
+        loaded). The picture is saved as ``extras-images/NNNNN.png`` with A1111's ``postprocessing`` text
+        (``Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos``). A1111's own defaults differ: its tab
+        starts with upscaler 1 "None" and a scale of 4. Face restoration is not available yet.
+
+        >>> out = session.extras(picture, upscaler_1="Lanczos", upscaling_resize=2)   # doctest: +SKIP
+        >>> out.image.size, out.infotext                                              # doctest: +SKIP
+        ((128, 128), 'Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos')
+        """
+        from .jobs.extras import extras_upscale, open_picture, save_extras
+
+        source = open_picture(image)
+        for name in (upscaler_1, upscaler_2):
+            self._find_upscaler(name)
+        release = self._lock.acquire("an extras job")
+        try:
+            result = extras_upscale(source, upscaler_1=upscaler_1, upscaler_2=upscaler_2,
+                                    upscaler_2_visibility=upscaler_2_visibility, upscaling_resize=upscaling_resize,
+                                    upscaling_resize_w=upscaling_resize_w, upscaling_resize_h=upscaling_resize_h,
+                                    upscaling_crop=upscaling_crop, resize_mode=resize_mode,
+                                    max_side_length=max_side_length, upscalers=self.upscalers)
+            if self.outputs_dir is not None:
+                save_extras(result, source, self.outputs_dir)
+        finally:
+            release()
+        return result
+
     def hires_fix(self, result: Result | None = None, *, indices=None, hooks: Sequence[Hook] | None = None,
                   **changes) -> Result:
         """A1111's ✨: the hires second pass on an earlier txt2img result (default: the last one), reusing its

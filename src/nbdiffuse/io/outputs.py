@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .infotext import png_info
 
-__all__ = ["next_sequence_number", "save_image"]
+__all__ = ["next_sequence_number", "save_image", "save_postprocessed"]
 
 _NUMBER = re.compile(r"[0-9]+")
 _LOCK = threading.Lock()  # numbers stay unique between this process's threads, whatever the seed
@@ -83,21 +83,41 @@ def save_image(image, folder: str | os.PathLike, *, seed: int, infotext: str | N
     if date is None:
         date = _dt.date.today()
     day = date if isinstance(date, str) else date.strftime("%Y-%m-%d")
-    out = Path(folder) / day
-    out.mkdir(parents=True, exist_ok=True)
+    return _save(image, Path(folder) / day, png_info(infotext) if infotext is not None else None, f"-{seed}")
 
+
+def save_postprocessed(image, folder: str | os.PathLike, chunks: dict[str, str]) -> Path:
+    """Save an Extras picture as A1111 does: ``folder/NNNNN.png`` (no dated folder, no seed), every entry of
+    ``chunks`` a PNG text chunk in that order (A1111: the source picture's own chunks, then ``postprocessing`` and
+    ``extras``, both the postprocessing infotext).
+
+    >>> save_postprocessed(image, "outputs/extras-images", {"extras": "Postprocess upscaler: Lanczos"})
+    ...                                                                                  # doctest: +SKIP
+    PosixPath('outputs/extras-images/00000.png')
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, str(value))
+    return _save(image, Path(folder), info, "")
+
+
+def _save(image, out: Path, pnginfo, suffix: str) -> Path:
+    """``image`` saved atomically as ``out/NNNNN{suffix}.png`` with the next free number."""
+    out.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".nbdiffuse-", suffix=".png.tmp", dir=out)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            kwargs = {"pnginfo": png_info(infotext)} if infotext is not None else {}
+            kwargs = {"pnginfo": pnginfo} if pnginfo is not None else {}
             image.save(f, format="PNG", **kwargs)
             f.flush()
             os.fsync(f.fileno())
         with _LOCK:
             number = next_sequence_number(out)
             while True:
-                target = out / f"{number:05}-{seed}.png"
+                target = out / f"{number:05}{suffix}.png"
                 if _claim(tmp, target):
                     break
                 number = max(number + 1, next_sequence_number(out))
