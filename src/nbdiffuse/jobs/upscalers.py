@@ -460,7 +460,9 @@ def upscale_image(image: Image.Image, scale: float, name: str, upscalers: Upscal
 
         def step(im):
             return _model_pass(model, im, upscalers, progress, interrupt)
-    for _ in range(3):
+    for i in range(3):
+        if i == 0 and scale != 1 and image.width >= dest_w and image.height >= dest_h:
+            break  # A1111 1.10: no pass when the picture is already that large (a scale below 1, or ~1 after rounding)
         before = image.size
         image = step(image)
         if image.size == before or (image.width >= dest_w and image.height >= dest_h):
