@@ -50,19 +50,6 @@ def test_emphasis_mode_changes_the_image_and_round_trips_through_the_infotext(se
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(nonorm.images[0]))
 
 
-def test_a_refiner_model_says_it_cannot_generate_yet(sdxl):
-    import dataclasses
-
-    from nbdiffuse import Session
-
-    s = Session(outputs_dir=None, progress=False)
-    s.load(dataclasses.replace(sdxl, arch="sdxl_refiner"))
-    import pytest
-
-    with pytest.raises(ValueError, match="refiner"):
-        s.txt2img(prompt="x", steps=2, width=64, height=64)
-
-
 def test_live_preview_parameter_reports_every_n_steps(session, monkeypatch):
     shown = []
     monkeypatch.setattr("nbdiffuse.inspect.previews.PreviewHook._show", lambda self: shown.append(self.last))

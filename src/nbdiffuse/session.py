@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import functools
 import gc
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -178,6 +179,7 @@ class Session:
         self._loras = {}  # (path, mtime) -> LoRA read from disk
         self._hypernets = {}  # (path, mtime) -> Hypernetwork read from disk
         self.upscalers = Upscalers()  # hr_upscaler model files by name, and the one upscaler model in memory
+        self._refiner: tuple | None = None  # (name asked for, ModelBundle, TextEncoder): the refiner jobs switch to
         self._find_upscaler()  # the models folder's upscalers are choices from the start (the panel lists them)
         from .models.attention import check_attention
 
@@ -433,6 +435,7 @@ class Session:
         self.encoder = None
         self._original_vae = None
         self.upscalers.free()
+        self._refiner = None
         if had:  # a full collection costs ~0.25 s, for nothing when nothing was loaded
             gc.collect()
         return_freed_heap()  # the freed model's heap, or a first model's construction garbage
@@ -540,7 +543,7 @@ class Session:
         """The loaded model and the job keywords every job takes; clears the stop flags. ``preview=N`` shows the
         x0 estimate every N steps in the notebook (A1111's "Approx cheap", updated in place)."""
         bundle = self._require_model()
-        if bundle.arch not in ("sd1", "sd2", "sdxl"):
+        if bundle.arch not in ("sd1", "sd2", "sdxl", "sdxl_refiner"):
             raise ValueError(f"{bundle.name} is an {bundle.arch} model: it loads, but nbdiffuse cannot generate with "
                              "it yet (an SDXL refiner needs its own conditioning); load a base model to generate.")
         hooks = list(hooks or [])
@@ -677,6 +680,13 @@ class Session:
     def _params(self, params: dict) -> GenerationParams:
         """Validate a job's parameters (upscaler model files in the models folder count as known upscalers)."""
         self._find_upscaler(params.get("hr_upscaler"))
+        refiner = params.get("refiner_checkpoint")
+        if isinstance(refiner, ModelBundle):  # a model in memory: kept as the refiner, named in the parameters
+            if self._refiner is None or self._refiner[1] is not refiner:
+                self._refiner = None
+                self._prepare_refiner(refiner)
+                self._refiner = (refiner.name, refiner, TextEncoder(refiner))
+            params = {**params, "refiner_checkpoint": refiner.name}
         p = GenerationParams.from_kwargs(**self._sized(params), known_upscalers=self.upscalers.files)
         if self.model is not None and self.model.unet is not None:
             from .jobs.guards import check_size
@@ -725,8 +735,9 @@ class Session:
         def build():
             p = self._params(params)
             bundle, kw = self._start(hooks, preview)
+            p, refiner = self._refiner_for(p)
             return p, self._with_networks(p, txt2img_steps(bundle, p, self.encoder, upscalers=self.upscalers,
-                                                           **kw))
+                                                           refiner=refiner, **kw))
 
         return self._held("a txt2img job", build)
 
@@ -737,16 +748,105 @@ class Session:
         def build():
             p = self._params(params)
             bundle, kw = self._start(hooks, preview)
+            p, refiner = self._refiner_for(p)
             return p, self._with_networks(p, img2img_steps(bundle, p, self.encoder, init_images, mask=mask,
-                                                           latent_mask=latent_mask, **kw))
+                                                           latent_mask=latent_mask, refiner=refiner, **kw))
 
         return self._held("an img2img job", build)
+
+    def _refiner_for(self, p: GenerationParams) -> tuple[GenerationParams, object]:
+        """``(p, the job's Refiner)`` for ``p.refiner_checkpoint`` (:class:`~nbdiffuse.jobs.refiner.Refiner`):
+        ``(p, None)`` without one; ``(p without it, None)`` with a warning when it names the loaded model, which
+        A1111 ignores too.
+
+        Memory: the refiner is loaded on first use (a file or folder path, a name in the checkpoints folder, or
+        ``name [hash]`` as infotexts write it) and kept beside the base model, both in memory, until another
+        refiner is asked for or :meth:`unload` frees it; so a job switches without loading anything (A1111, with
+        its default of one checkpoint in memory, swaps the weights at every switch). The refiner always sits
+        whole on the session's device (no medvram/lowvram offload), in the session's precision.
+        """
+        from .models.errors import ModelLoadError
+
+        name = p.refiner_checkpoint
+        if name is None:
+            return p, None
+        from .jobs.refiner import Refiner
+
+        base = self._require_model()
+        if self._refiner is None or self._refiner[0] != name:
+            path, problem = None, None
+            for candidate in (name, re.sub(r"\s*\[[0-9a-fA-F]{8,12}\]$", "", name)):  # "name [hash]" too
+                try:
+                    path = self._resolve(candidate, "checkpoints")
+                    break
+                except ModelLoadError as e:
+                    problem = problem or e
+            if path is None:
+                raise ValueError(f"refiner_checkpoint={name!r}: no such checkpoint ({problem}); pass a file, a "
+                                 "folder, a name in the checkpoints folder of models_dir, or a ModelBundle.")
+            if base.path is not None and Path(base.path).resolve() == Path(path).resolve():
+                return self._same_refiner(p)
+            self._refiner = None  # the previous refiner goes before the next one loads
+            gc.collect()
+            bundle = self._read_refiner(path)
+            self._prepare_refiner(bundle)
+            self._refiner = (name, bundle, TextEncoder(bundle))
+        _, bundle, encoder = self._refiner
+        if bundle is base:
+            return self._same_refiner(p)
+        if bundle.latent_channels != base.latent_channels or bundle.vae_scale_factor != base.vae_scale_factor:
+            raise ValueError(f"refiner_checkpoint={name!r}: its latents ({bundle.latent_channels} channels, 1/"
+                             f"{bundle.vae_scale_factor} scale) are not the loaded model's ({base.latent_channels}, "
+                             f"1/{base.vae_scale_factor}): it cannot continue this model's sampling.")
+        if bundle.is_inpainting and not base.is_inpainting:
+            raise ValueError(f"refiner_checkpoint={name!r} is an inpainting model (9-channel UNet): it needs the "
+                             "mask conditioning only an inpainting base model's job makes.")
+        encoder.emphasis = p.emphasis
+        return p, Refiner.of(bundle, encoder, p)
+
+    @staticmethod
+    def _same_refiner(p: GenerationParams) -> tuple[GenerationParams, None]:
+        warnings.warn(f"refiner_checkpoint={p.refiner_checkpoint!r} is the loaded model: no switch (A1111 ignores "
+                      "it too).", stacklevel=5)
+        return p.replace(refiner_checkpoint=None), None
+
+    def _read_refiner(self, path: Path) -> ModelBundle:
+        from .models.errors import ModelLoadError
+
+        load_as = loading_dtypes(self._policy(), self._overrides)
+        if Path(path).is_dir():
+            from .models.loading import load_diffusers_folder
+
+            try:
+                return load_diffusers_folder(path, device=self._load_device(), dtype=load_as)
+            except ModelLoadError:
+                raise
+            except (OSError, ValueError) as e:
+                raise ModelLoadError(path, str(e).removeprefix(f"{path}: ")) from e
+        from .models.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device=self._load_device(), dtype=load_as, hash="background")
+
+    def _prepare_refiner(self, bundle: ModelBundle) -> None:
+        """A refiner model in the session's precision and attention, whole on its device."""
+        self._apply_precision(bundle)
+        self._apply_speed(bundle)
+        bundle.execution_device = None
+        for module in (bundle.unet, bundle.vae, *bundle.text_encoders):
+            module.to(self.device)
 
     def txt2img(self, *, hooks: Sequence[Hook] | None = None, preview: int | None = None, **params) -> Result:
         """Generate images from text. Parameters are A1111's API fields (``prompt``, ``steps``, ``seed``, ...);
         ``enable_hr=True`` adds the hires-fix second pass, ``tiling=True`` makes seamless textures,
         ``preview=N`` shows a live x0 preview every N steps. ``width``/``height`` default to the model's native size
-        (``session.model.native_size``: 64 for the toy model, 512 SD1, 768 SD2-v, 1024 SDXL), not A1111's 512."""
+        (``session.model.native_size``: 64 for the toy model, 512 SD1, 768 SD2-v, 1024 SDXL), not A1111's 512.
+
+        ``refiner_checkpoint`` (a name, path or :class:`ModelBundle`; A1111's Refiner) switches the sampling to that
+        model at ``refiner_switch_at`` (0.8: the model timestep falls to 199 or below; 1.0 never), with the same
+        prompts encoded by the refiner's own text encoder (:mod:`nbdiffuse.jobs.refiner`);
+        ``refiner_switch_by_sample_steps=True`` is A1111's older step rule, ``hires_fix_refiner_pass`` ("second
+        pass", "first pass", "both passes") where it switches with hires fix. The refiner stays loaded beside the
+        model (both in memory) until ``unload()``."""
         p, gen = self._txt2img_job(params, hooks, preview)
         return self._run(gen, p.total_steps, p.sampler_name)
 

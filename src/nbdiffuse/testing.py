@@ -1,8 +1,8 @@
 """Tiny, randomly initialised Stable Diffusion models of the real architectures, for tests and demos.
 
-``tiny_sd1()``, ``tiny_sd2()`` and ``tiny_sdxl()`` (``inpainting=True``: with a 9-channel UNet input, as
-inpainting checkpoints have; :func:`tiny_checkpoint` writes one as a single file) build, from config and in a few
-tens of milliseconds,
+``tiny_sd1()``, ``tiny_sd2()``, ``tiny_sdxl()`` (``inpainting=True``: with a 9-channel UNet input, as inpainting
+checkpoints have; :func:`tiny_checkpoint` writes one as a single file) and ``tiny_sdxl_refiner()`` build, from config
+and in a few tens of milliseconds,
 the same diffusers/transformers classes a real checkpoint uses (``UNet2DConditionModel``,
 ``AutoencoderKL``, ``CLIPTextModel`` / ``CLIPTextModelWithProjection``) with the real CLIP tokenizer(s)
 and SD's real noise schedule, but with tiny widths. Their outputs are meaningless noise; what matters is
@@ -174,9 +174,32 @@ def tiny_sdxl(seed: int = 0, *, inpainting: bool = False) -> ModelBundle:
                                                  projection_dim=SDXL_TEXT_PROJECTION))], inpainting)
 
 
+def tiny_sdxl_refiner(seed: int = 0) -> ModelBundle:
+    """A tiny random SDXL refiner: one OpenCLIP-bigG-style text encoder with projection (hidden 64, projection 32;
+    the refiner uses its penultimate layer and pooled output alone), UNet cross-attention dim 64 and ``text_time``
+    added conditioning of 5 time ids (original size, crop, aesthetic score) x 8 + 32 pooled = 72, the shape of
+    the real refiner's 2560 (1280 pooled + 5 x 256) at tiny width; epsilon. Written as a single file
+    (:func:`tiny_checkpoint` with ``arch="sdxl_refiner"``) it loads as a refiner.
+
+    >>> bundle = tiny_sdxl_refiner()
+    >>> bundle.arch, len(bundle.text_encoders), bundle.unet.config.projection_class_embeddings_input_dim
+    ('sdxl_refiner', 1, 72)
+    """
+    from transformers import CLIPTextModelWithProjection
+
+    unet = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_HIDDEN_2,
+                attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                addition_time_embed_dim=SDXL_TIME_EMBED,
+                projection_class_embeddings_input_dim=SDXL_TEXT_PROJECTION + 5 * SDXL_TIME_EMBED)
+    return _build(seed, "sdxl_refiner", "epsilon", ("open_clip",), unet, 0.13025, lambda tok: [
+        CLIPTextModelWithProjection(_text_config(TEXT_HIDDEN_2, "gelu", tok[0].pad_token_id,
+                                                 projection_dim=SDXL_TEXT_PROJECTION))])
+
+
 def tiny_checkpoint(path, arch: str = "sd1", *, inpainting: bool = False, seed: int = 0) -> Path:
-    """Write a tiny random model of ``arch`` ("sd1", "sd2", "sdxl") as an A1111 single-file checkpoint (LDM key
-    names, safetensors; :func:`nbdiffuse.models.save_checkpoint`) for loader and job tests; returns the path.
+    """Write a tiny random model of ``arch`` ("sd1", "sd2", "sdxl", "sdxl_refiner") as an A1111 single-file
+    checkpoint (LDM key names, safetensors; :func:`nbdiffuse.models.save_checkpoint`) for loader and job tests; returns the path.
 
     >>> import tempfile, pathlib
     >>> from nbdiffuse.models import load_checkpoint
@@ -186,9 +209,13 @@ def tiny_checkpoint(path, arch: str = "sd1", *, inpainting: bool = False, seed: 
     """
     from nbdiffuse.models.save import save_checkpoint
 
-    makers = {"sd1": tiny_sd1, "sd2": tiny_sd2, "sdxl": tiny_sdxl}
+    makers = {"sd1": tiny_sd1, "sd2": tiny_sd2, "sdxl": tiny_sdxl, "sdxl_refiner": tiny_sdxl_refiner}
     if arch not in makers:
         raise ValueError(f"tiny_checkpoint: unknown arch {arch!r}; expected one of {', '.join(makers)}")
+    if arch == "sdxl_refiner":
+        if inpainting:
+            raise ValueError("tiny_checkpoint: there is no inpainting SDXL refiner")
+        return save_checkpoint(tiny_sdxl_refiner(seed), path)
     return save_checkpoint(makers[arch](seed, inpainting=inpainting), path)
 
 

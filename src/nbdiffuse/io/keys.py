@@ -127,6 +127,11 @@ INFOTEXT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Masked content": ("inpainting_fill", _MASKED_CONTENT),
     "Noise multiplier": ("initial_noise_multiplier", _float),
     "Conditional mask weight": ("inpainting_mask_weight", _float),
+    # SDXL refiner (written only when the switch happened; "Refiner" is the checkpoint's "name [hash]")
+    "Refiner": ("refiner_checkpoint", _str),
+    "Refiner switch at": ("refiner_switch_at", _float),
+    "Refiner switch by sampling steps": ("refiner_switch_by_sample_steps", _bool),
+    "Hires refiner": ("hires_fix_refiner_pass", _str),
 }
 
 #: What A1111's parse assumes for the inpainting keys a text lacks (``infotext_utils.py``): its UI's defaults.

@@ -37,7 +37,7 @@ from ..prompts.parser import extract_extra_networks
 from ..prompts.styles import Style, apply_styles
 from ..sampling.base import StepState
 from ..sampling.denoiser import Denoiser
-from ..sampling.guidance import CFGDenoiser
+from ..sampling.guidance import CFGDenoiser, Cond
 from ..sampling.noise import GPU_EMULATED_NOTE, BrownianNoise, ImageNoise, gpu_is_emulated
 from ..sampling.registry import SAMPLERS
 from .guards import JobInterrupted, interruptible
@@ -49,6 +49,9 @@ from .soft_inpainting import latent_blend, modified_nmask
 
 Hook = Callable[[StepState], "torch.Tensor | None"]
 Progress = Callable[[StepState], None]
+# The SDXL refiner's aesthetic-score conditioning for the prompt and the negative prompt (A1111's settings
+# sdxl_refiner_high_aesthetic_score and sdxl_refiner_low_aesthetic_score, diffusers' img2img defaults)
+REFINER_AESTHETIC_SCORES = (6.0, 2.5)
 
 
 @dataclass
@@ -158,6 +161,8 @@ class PassPlan:
     device: torch.device | None = None
     # A1111's "Noise multiplier for img2img" (initial_noise_multiplier): the first noise draw is scaled by it.
     noise_multiplier: float = 1.0
+    # The negative rows' time ids where they differ from ``time_ids`` (the SDXL refiner's aesthetic score)
+    uncond_time_ids: torch.Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -243,10 +248,17 @@ def plan_pass(bundle, p: GenerationParams, encoder: TextEncoder, prompt: str, ne
     empty = encoder.empty(p.clip_skip)
     w, h = size or (p.width, p.height)
     time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32, device=bundle.device)
+    uncond_time_ids = None
+    if bundle.arch == "sdxl_refiner":  # A1111's sd_models_xl: original size = target size = this pass's, crop (0, 0)
+        high, low = REFINER_AESTHETIC_SCORES
+        time_ids = torch.tensor([h, w, 0, 0, high], dtype=torch.float32, device=bundle.device)
+        uncond_time_ids = torch.tensor([h, w, 0, 0, low], dtype=torch.float32, device=bundle.device)
+        if negative == "":  # an all-empty negative prompt: zeroed text embeddings (force_zero_embeddings)
+            uncond = [(end, Cond(torch.zeros_like(c.context), torch.zeros_like(c.pooled))) for end, c in uncond]
     options = {**spec.options, **sampler_options(p, spec.func)}
     return PassPlan(spec, options, sigmas.cpu(), conds, uncond, empty, p.cfg_scale / spec.cfg_divisor,
                     time_ids, name, tree_sigmas, noise_sigma, NoiseSpec.of(p), extra_noise, bundle.vae_scale_factor,
-                    bundle.device)
+                    bundle.device, uncond_time_ids=uncond_time_ids)
 
 
 def checked_replacement(hook: Hook, out, state: StepState) -> torch.Tensor:
@@ -269,7 +281,7 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
              shape: Sequence[int], *, init: torch.Tensor | None = None, hooks: Sequence[Hook] = (),
              control: JobControl | None = None, progress: Progress | None = None,
              extra: Mapping | None = None, blend: LatentBlend | None = None,
-             image_cond: torch.Tensor | None = None) -> Generator[StepState, None, PassOutcome]:
+             image_cond: torch.Tensor | None = None, switch=None) -> Generator[StepState, None, PassOutcome]:
     """Sample one batch: yields every step (hooks applied), returns a :class:`PassOutcome`.
 
     Noise comes from one generator per seed, drawn as ``plan.noise`` says (A1111's ImageRNG, recreated for every
@@ -290,6 +302,9 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
     once more; the first noise draw is scaled by ``plan.noise_multiplier``. Hooks see the init latents the pass
     started from in ``state.extra["init"]`` (after inpainting's masked content) and the latent mask in
     ``state.extra["nmask"]`` (1: inpainted).
+
+    ``switch`` (a :class:`~nbdiffuse.jobs.refiner.PassSwitch`: the SDXL refiner) hands the model calls to another
+    model mid-pass, by A1111's rule: the guided model is wrapped, and the sampler keeps its sigmas, latent and noise.
     """
     control = control or JobControl()
     spec, sigmas, how = plan.spec, plan.sigmas, plan.noise
@@ -324,7 +339,10 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
             return rng.next().to(device)
     denoiser.vp_time = spec.grid is not None  # UniPC evaluates the model between table timesteps, the VP way
     guider = CFGDenoiser(denoiser, plan.conds, plan.uncond, plan.cfg_scale, time_ids=plan.time_ids,
-                         empty=plan.empty, need_uncond=spec.needs_uncond, image_cond=image_cond)
+                         empty=plan.empty, need_uncond=spec.needs_uncond, image_cond=image_cond,
+                         uncond_time_ids=plan.uncond_time_ids)
+    if switch is not None:
+        guider = switch.guide(guider, denoiser, spec, image_cond)
     run_options = dict(plan.options)
     if spec.needs_uncond:
         run_options["uncond"] = lambda: guider.last_uncond
@@ -344,8 +362,10 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
     seen = {} if init is None else {"init": init}  # what the pass started from, for hooks (and inpainting's mask)
     if blend is not None:
         seen["nmask"] = blend.nmask
-    guard = interruptible(denoiser.unet, control.interrupt)  # an interrupt reaches inside a long UNet call
-    guard.__enter__()
+    guards = [interruptible(unet, control.interrupt)  # an interrupt reaches inside a long UNet call
+              for unet in (denoiser.unet, *([switch.unet] if switch is not None else []))]
+    for guard in guards:
+        guard.__enter__()
     try:
         with torch.no_grad():
             state = next(gen)
@@ -379,7 +399,8 @@ def run_pass(plan: PassPlan, denoiser: Denoiser, seeds: Sequence[int], subseeds:
             notes.append("Interrupted by the kernel: kept the finished images and the current x0 estimate.")
         outcome = PassOutcome(state.denoised if state is not None else None, True, True)
     finally:
-        guard.__exit__(None, None, None)
+        for guard in guards:
+            guard.__exit__(None, None, None)
         gen.close()
         outcome.seconds = time.perf_counter() - t
     if outcome.x is not None and blend is not None:

@@ -91,6 +91,7 @@ class HiresPlan:
     steps: int  # hires steps requested (the pass runs exactly these)
     upscalers: Upscalers | None = None  # what loads a model upscaler (a session's session.upscalers)
     mask_weight: float | None = None  # an inpainting model's "Conditional mask weight" (None: not one)
+    switch: object = None  # the refiner switch of this pass (a jobs.refiner.PassSwitch), or None
 
 
 def hires_sigmas(bundle, p: GenerationParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,8 +105,10 @@ def hires_sigmas(bundle, p: GenerationParams) -> tuple[torch.Tensor, torch.Tenso
 
 
 def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mapping[str, Style] | None = None,
-               notes: list[str] | None = None, upscalers: Upscalers | None = None) -> HiresPlan:
-    """The second pass of ``p``: its sigmas (A1111's rule), hires prompt conditioning, sampler and options."""
+               notes: list[str] | None = None, upscalers: Upscalers | None = None, refiner=None) -> HiresPlan:
+    """The second pass of ``p``: its sigmas (A1111's rule), hires prompt conditioning, sampler and options; with a
+    ``refiner`` (:class:`~nbdiffuse.jobs.refiner.Refiner`) the switch to it, with the hires prompts at the hires
+    size (A1111's ``calculate_hr_conds`` on the refiner)."""
     denoising = p.denoising_strength if p.denoising_strength is not None else DEFAULT_DENOISING
     spec1, spec2 = SAMPLERS[p.sampler_name], SAMPLERS[p.hr_sampler_used]
     steps = p.hr_steps_used
@@ -120,8 +123,13 @@ def plan_hires(bundle, p: GenerationParams, encoder: TextEncoder, styles: Mappin
                      size=p.hr_upscale_to, schedule_steps=first_total, hires_steps=hires_total, name="hires",
                      tree_sigmas=whole, extra_noise=p.extra_noise,
                      noise_sigma=img2img_noise_sigma(steps, denoising, bundle, spec2, fixed_steps=True))
+    switch = None
+    if refiner is not None:  # A1111's step rule counts the launched sampling's calls: the hires steps
+        switch = refiner.pass_switch(p, prompt, negative, total_steps=hires_total, hires_pass=True,
+                                     sampler_name=spec2.name, size=p.hr_upscale_to, schedule_steps=first_total,
+                                     hires_steps=hires_total)
     return HiresPlan(bundle, plan, denoising, p.hr_upscaler or "Latent", p.hr_upscale_to, p.hr_truncate, steps,
-                     upscalers, mask_weight(bundle, p))
+                     upscalers, mask_weight(bundle, p), switch)
 
 
 def upscale_for_hires(plan: HiresPlan, latents: torch.Tensor, notes: list[str]) -> torch.Tensor:
@@ -162,7 +170,8 @@ def hires_pass(plan: HiresPlan, denoiser: Denoiser, latents: torch.Tensor, seeds
         image_cond = crop_latents(hires_conditioning(plan.bundle, upscaled, images, plan.mask_weight),
                                   *plan.truncate)
     outcome = yield from run_pass(plan.pass_plan, denoiser, seeds, subseeds, tuple(z.shape[1:]), init=z,
-                                  hooks=hooks, control=control, progress=progress, extra=extra, image_cond=image_cond)
+                                  hooks=hooks, control=control, progress=progress, extra=extra, image_cond=image_cond,
+                                  switch=plan.switch)
     outcome.notes = notes + outcome.notes
     if outcome.x is None:
         outcome.x = z

@@ -57,6 +57,7 @@ from .driver import (
 from .fields import infotext_fields
 from .inpainting_model import mask_weight_fields
 from .params import GenerationParams
+from .refiner import no_refiner_model, refiner_fields
 from .result import Result
 from .tiling import circular_padding
 from .upscalers import resize_image
@@ -208,7 +209,7 @@ def img2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images
                   outputs_dir: str | Path | None = None, progress: Progress | None = None,
                   styles: Mapping[str, Style] | None = None,
                   infotext_extra: Mapping | None = None,
-                  infotext_lead: Mapping | None = None) -> Generator[StepState, None, Result]:
+                  infotext_lead: Mapping | None = None, refiner=None) -> Generator[StepState, None, Result]:
     """Run img2img for ``p`` from ``init_images`` on ``bundle``: yields every step, returns the :class:`Result`
     (``p.denoising_strength`` None means 0.75). ``infotext_extra`` adds fields to every infotext;
     ``infotext_lead`` adds fields before the job's own (a script's, set before A1111's ``process_images``).
@@ -216,13 +217,14 @@ def img2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, init_images
     ``mask`` (white: inpaint) makes it A1111's inpainting, with ``p``'s mask fields (:mod:`nbdiffuse.masks`
     prepares the mask and the picture); ``latent_mask`` is A1111's ``p.latent_mask`` (the outpainting scripts'
     second mask, for the masked content and the latent blend). ``result.inpaint`` keeps each init image's
-    :class:`~nbdiffuse.masks.PreparedMask`."""
+    :class:`~nbdiffuse.masks.PreparedMask`. ``refiner``: the model the sampling switches to
+    (:class:`~nbdiffuse.jobs.refiner.Refiner`; A1111's step rule counts the ``t_enc + 1`` steps that run)."""
     p, images = prepare_init_images(p, init_images)
     prepared = prepare_masks(p, images, mask, latent_mask, bundle.vae_scale_factor)
     with circular_padding(bundle, p.tiling):
         return (yield from _img2img(bundle, p, encoder, images, prepared, hooks=hooks, control=control,
                                     outputs_dir=outputs_dir, progress=progress, styles=styles,
-                                    infotext_extra=infotext_extra, infotext_lead=infotext_lead))
+                                    infotext_extra=infotext_extra, infotext_lead=infotext_lead, refiner=refiner))
 
 
 def prepare_masks(p: GenerationParams, images: Sequence[Image.Image], mask, latent_mask, factor: int = 8):
@@ -266,7 +268,8 @@ def inpaint_fields(p: GenerationParams, prepared) -> dict:
 
 
 def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_dir, progress, styles,
-             infotext_extra, infotext_lead=None):
+             infotext_extra, infotext_lead=None, refiner=None):
+    no_refiner_model(p, refiner)
     control = control or JobControl()
     start = time.perf_counter()
     timings = new_timings()
@@ -291,6 +294,10 @@ def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_di
                      tree_sigmas=img2img_schedule(p.scheduler_used, p.steps, denoising, bundle, spec),
                      noise_sigma=img2img_noise_sigma(p.steps, denoising, bundle, spec), extra_noise=p.extra_noise)
     plan = replace(plan, noise_multiplier=p.noise_multiplier)
+    switch = None
+    if refiner is not None:
+        switch = refiner.pass_switch(p, prompt, negative, hires_pass=False,
+                                     total_steps=spec.total_steps(img2img_step_counts(p.steps, denoising)[1] + 1))
     init = init_latents(bundle, p, [prep.image for prep in prepared] if inpainting else images)
     image_cond = inpainting_image_cond(bundle, p, images, prepared if inpainting else None, tuple(init.shape[-2:]))
     blend = None
@@ -308,19 +315,22 @@ def _img2img(bundle, p, encoder, images, prepared, *, hooks, control, outputs_di
     def sample(n, seeds, subseeds):
         outcome = took((yield from run_pass(plan, denoiser, seeds, subseeds, shape, init=init, hooks=hooks,
                                             control=control, progress=progress, extra={"iteration": n},
-                                            blend=blend, image_cond=image_cond)),
+                                            blend=blend, image_cond=image_cond, switch=switch)),
                        notes, timings)
         return outcome.x, outcome.interrupted
 
     def save(x, seeds, subseeds):
         finish = overlay_for(p, images, prepared, x, init, blend, overlay_masks) if inpainting else None
         return decode_and_save(bundle, x, seeds, lambda i: infotext_fields(
-            p, bundle, seeds[i], subseeds[i], spec.func, job="img2img", denoising=denoising, extra=infotext_extra,
-            encoder=encoder, scripts=scripts, inpaint={**inpaint_extra, **weight}), (styled_prompt, styled_negative),
+            p, bundle, seeds[i], subseeds[i], spec.func, job="img2img", denoising=denoising,
+            extra={**(infotext_extra or {}), **refiner_fields(p, refiner)}, encoder=encoder, scripts=scripts,
+            inpaint={**inpaint_extra, **weight}), (styled_prompt, styled_negative),
             "img2img-images", outputs_dir, notes, timings, control, finish=finish)
 
     done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control, notes)
     finish_timings(timings, start, denoiser, bundle.device, notes)
+    if refiner is not None:
+        timings["model_calls"] += refiner.denoiser.calls
     result = done.result(p, timings, notes, (0, *shape))
     result.inpaint = prepared if inpainting else None
     result.overlay_masks = overlay_masks[:len(result.images)] if inpainting and p.overlay_inpaint else None

@@ -23,10 +23,13 @@ _IGNORED_AT_DEFAULT = {
     "script_name": (None, ""), "alwayson_scripts": ({}, None), "override_settings": ({}, None),
     "override_settings_restore_afterwards": (True, False), "sampler_index": (None,), "comments": ({}, None),
     "disable_extra_networks": (False,), "firstpass_image": (None,), "infotext": (None,),
-    "refiner_checkpoint": (None, ""), "refiner_switch_at": (None, 0), "force_task_id": (None,),
+    "force_task_id": (None,),
     "firstphase_width": (0,), "firstphase_height": (0,), "hr_checkpoint_name": (None, "", "Use same checkpoint"),
 }
 _SAME = ("", "Use same sampler", "Use same scheduler")  # A1111's "keep the first pass's" values
+# A1111's setting hires_fix_refiner_pass: in which pass of a hires-fix job the refiner switch may happen
+HIRES_REFINER_PASSES = ("second pass", "first pass", "both passes")
+_NO_REFINER = ("", "None", "none")  # A1111's "no refiner" values of refiner_checkpoint
 _NOT_A1111 = ("extra", "known_upscalers")  # fields that are no A1111 API field
 
 MAX_PIXELS_PER_BATCH = 64 * 1024 * 1024  # width * height * batch_size; far above any GPU's reach
@@ -100,6 +103,14 @@ class GenerationParams:
     # A1111's built-in Soft inpainting script (its alwayson_scripts args are read into this): None (off) or a
     # SoftInpainting, a dict of its fields, or True for its defaults
     soft_inpainting: object = None
+    # SDXL refiner (A1111's Refiner accordion and its two settings; nbdiffuse.jobs.refiner): a checkpoint (a name in
+    # the checkpoints folder, "name [hash]" as infotexts write it, or a path) the sampling switches to at
+    # refiner_switch_at (timestep rule; refiner_switch_by_sample_steps: A1111's legacy step rule), and with hires fix
+    # in which pass ("second pass", "first pass", "both passes")
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = 0.8
+    refiner_switch_by_sample_steps: bool = False
+    hires_fix_refiner_pass: str = "second pass"
     extra: dict = field(default_factory=dict, compare=False, repr=False)
     # Not a generation setting: the model upscalers (registered names) that hr_upscaler may name besides the
     # built-in ones and model files, from where the parameters were made (a Session passes its own); replace()
@@ -173,6 +184,24 @@ class GenerationParams:
         object.__setattr__(self, "randn_source", resolve_randn_source(self.randn_source))
         self._check_img2img_and_hires()
         self._check_inpainting()
+        self._check_refiner()
+
+    def _check_refiner(self) -> None:
+        name = self.refiner_checkpoint
+        _check(name is None or isinstance(name, str), "refiner_checkpoint", name,
+               "a checkpoint name or path (a string), or None for no refiner")
+        object.__setattr__(self, "refiner_checkpoint", None if name is None or name.strip() in _NO_REFINER
+                           else name.strip())
+        at = self.refiner_switch_at
+        if at is not None:
+            _check(_is_number(at) and 0 <= at <= 1, "refiner_switch_at", at,
+                   "a number from 0 to 1 (A1111's slider: 0.01 to 1; 1 never switches), or None to switch at the "
+                   "first model call")
+            object.__setattr__(self, "refiner_switch_at", float(at))
+        _check(isinstance(self.refiner_switch_by_sample_steps, bool), "refiner_switch_by_sample_steps",
+               self.refiner_switch_by_sample_steps, "True or False")
+        _check(self.hires_fix_refiner_pass in HIRES_REFINER_PASSES, "hires_fix_refiner_pass",
+               self.hires_fix_refiner_pass, " or ".join(map(repr, HIRES_REFINER_PASSES)))
 
     def _check_inpainting(self) -> None:
         from .soft_inpainting import SoftInpainting

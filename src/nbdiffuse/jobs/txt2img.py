@@ -40,6 +40,7 @@ from .fields import infotext_fields
 from .hires import hires_pass, plan_hires
 from .inpainting_model import mask_weight_fields
 from .params import GenerationParams
+from .refiner import Refiner, no_refiner_model, refiner_fields
 from .result import Result
 from .tiling import circular_padding
 from .upscalers import Upscalers, is_latent
@@ -58,16 +59,19 @@ def first_pass_sigmas(bundle, p: GenerationParams) -> torch.Tensor:
 def txt2img_steps(bundle, p: GenerationParams, encoder: TextEncoder, *, hooks: Sequence[Hook] = (),
                   control: JobControl | None = None, outputs_dir: str | Path | None = None,
                   progress: Progress | None = None, styles: Mapping[str, Style] | None = None,
-                  upscalers: Upscalers | None = None) -> Generator[StepState, None, Result]:
+                  upscalers: Upscalers | None = None, refiner: Refiner | None = None
+                  ) -> Generator[StepState, None, Result]:
     """Run txt2img for ``p`` on ``bundle``: yields every step (both passes with hires fix), returns the
     :class:`Result`. With ``p.tiling`` the UNet and VAE pad circularly for the whole job. ``upscalers`` loads a
-    model ``hr_upscaler`` (a session's ``session.upscalers``)."""
+    model ``hr_upscaler`` (a session's ``session.upscalers``). ``refiner``: the model the sampling switches to
+    (:mod:`nbdiffuse.jobs.refiner`; its settings come from ``p``)."""
     with circular_padding(bundle, p.tiling):
         return (yield from _txt2img(bundle, p, encoder, hooks=hooks, control=control, outputs_dir=outputs_dir,
-                                    progress=progress, styles=styles, upscalers=upscalers))
+                                    progress=progress, styles=styles, upscalers=upscalers, refiner=refiner))
 
 
-def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, styles, upscalers):
+def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, styles, upscalers, refiner):
+    no_refiner_model(p, refiner)
     control = control or JobControl()
     start = time.perf_counter()
     timings = new_timings()
@@ -79,7 +83,9 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
 
     t = time.perf_counter()
     plan = plan_pass(bundle, p, encoder, prompt, negative, first_pass_sigmas(bundle, p))
-    hires = plan_hires(bundle, p, encoder, styles, notes, upscalers) if p.enable_hr else None
+    switch = refiner.pass_switch(p, prompt, negative, total_steps=spec.total_steps(p.steps),
+                                 hires_pass=False) if refiner is not None else None
+    hires = plan_hires(bundle, p, encoder, styles, notes, upscalers, refiner=refiner) if p.enable_hr else None
     factor = bundle.vae_scale_factor
     shape = (bundle.latent_channels, p.height // factor, p.width // factor)
     # an inpainting model makes the whole picture: A1111's grey image and all-ones mask
@@ -93,7 +99,8 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
     def sample(n, seeds, subseeds):
         extra = {"iteration": n}
         first = took((yield from run_pass(plan, denoiser, seeds, subseeds, shape, hooks=hooks, control=control,
-                                          progress=progress, extra=extra, image_cond=image_cond)), notes, timings)
+                                          progress=progress, extra=extra, image_cond=image_cond, switch=switch)),
+                     notes, timings)
         if first.x is None or hires is None:
             return first.x, first.interrupted
         second = took((yield from hires_pass(hires, denoiser, first.x, seeds, subseeds,
@@ -103,10 +110,13 @@ def _txt2img(bundle, p, encoder, *, hooks, control, outputs_dir, progress, style
 
     def save(x, seeds, subseeds):
         return decode_and_save(bundle, x, seeds, lambda i: infotext_fields(
-            p, bundle, seeds[i], subseeds[i], spec.func, encoder=encoder, denoising=denoising, extra=infotext_extra),
+            p, bundle, seeds[i], subseeds[i], spec.func, encoder=encoder, denoising=denoising,
+            extra={**infotext_extra, **refiner_fields(p, refiner)}),
             (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings, control)
 
     done = yield from run_batches(seed_batches(all_seeds, all_subseeds, p.batch_size), sample, save, control, notes)
     finish_timings(timings, start, denoiser, bundle.device, notes)
+    if refiner is not None:
+        timings["model_calls"] += refiner.denoiser.calls
     w, h = p.hr_size if p.enable_hr else (p.width, p.height)
     return done.result(p, timings, notes, (0, shape[0], h // factor, w // factor))

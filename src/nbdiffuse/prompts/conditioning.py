@@ -309,9 +309,9 @@ class TextEncoder:
         finally:
             if hook is not None:
                 hook.remove()
-        if self.bundle.arch == "sdxl":
+        if self.bundle.arch in ("sdxl", "sdxl_refiner"):  # the refiner: bigG alone, penultimate layer + pooled
             z = out.hidden_states[-2]
-            pooled = out.text_embeds if index == 1 else None
+            pooled = out.text_embeds if index == len(self.bundle.text_encoders) - 1 else None
             return z[0].float(), (pooled[0].float() if pooled is not None else None)
         if clip_skip > 1:
             z = final_layer_norm(encoder)(out.hidden_states[-clip_skip])
@@ -320,7 +320,7 @@ class TextEncoder:
         return z[0].float(), None
 
     def encode(self, text: str, clip_skip: int = 1) -> Cond:
-        key = (text, clip_skip if self.bundle.arch != "sdxl" else 1, self.emphasis)
+        key = (text, clip_skip if self.bundle.arch not in ("sdxl", "sdxl_refiner") else 1, self.emphasis)
         if self.cache_tag is not None:  # LoRAs merged into the text encoder change every encoding
             key = (*key, ("weights", self.cache_tag))
         db = self._active_embeddings()

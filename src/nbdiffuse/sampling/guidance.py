@@ -61,13 +61,15 @@ class CFGDenoiser:
     schedule; ``time_ids`` (SDXL) is the ``(6,)`` size/crop conditioning; ``empty`` is the empty prompt's
     context, used to pad conditionings of different lengths as A1111 does; ``image_cond`` (inpainting models) is
     the ``(batch or 1, 5, h, w)`` mask + masked-image latents, the same for an image's positive and negative rows
-    (A1111's ``image_uncond = image_cond``). After each call ``last_cond``, ``last_uncond`` hold the (combined
-    positive / negative) predictions, for hooks and CFG++.
+    (A1111's ``image_uncond = image_cond``). ``uncond_time_ids``: the negative rows' own time ids where they differ
+    (the SDXL refiner's aesthetic score: 6.0 for the prompt, 2.5 for the negative). After each call ``last_cond``,
+    ``last_uncond`` hold the (combined positive / negative) predictions, for hooks and CFG++.
     """
 
     def __init__(self, denoiser: Denoiser, conds: Sequence[tuple[Schedule, float]], uncond: Schedule,
                  cfg_scale: float, *, time_ids: torch.Tensor | None = None, empty: torch.Tensor | None = None,
-                 need_uncond: bool = False, image_cond: torch.Tensor | None = None):
+                 need_uncond: bool = False, image_cond: torch.Tensor | None = None,
+                 uncond_time_ids: torch.Tensor | None = None):
         self.denoiser = denoiser
         self.conds = list(conds)
         self.uncond = uncond
@@ -75,6 +77,7 @@ class CFGDenoiser:
         self.time_ids = time_ids
         self.empty = empty
         self.image_cond = image_cond
+        self.uncond_time_ids = uncond_time_ids
         # cfg 1 with a single part is the positive prediction alone: skip the negative batch half.
         self.skip_uncond = (self.cfg_scale == 1.0 and len(self.conds) == 1 and self.conds[0][1] == 1.0
                             and not need_uncond)
@@ -100,7 +103,13 @@ class CFGDenoiser:
         added = None
         if entries[0].pooled is not None:
             pooled = torch.stack([c.pooled for c in entries]).repeat(b, 1)
-            added = {"text_embeds": pooled, "time_ids": self.time_ids.reshape(1, -1).repeat(n * b, 1)}
+            ids = self.time_ids.reshape(1, -1)
+            if self.uncond_time_ids is not None and not self.skip_uncond:  # one row per entry, the negative last
+                ids = torch.cat([ids.expand(n - 1, -1), self.uncond_time_ids.reshape(1, -1).to(ids)])
+                time_ids = ids.repeat(b, 1)
+            else:
+                time_ids = ids.repeat(n * b, 1)
+            added = {"text_embeds": pooled, "time_ids": time_ids}
         kwargs = {}
         if self.image_cond is not None:
             kwargs["image_cond"] = self.image_cond.expand(b, -1, -1, -1).repeat_interleave(n, dim=0)
