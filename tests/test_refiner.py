@@ -307,3 +307,18 @@ def test_the_refiner_alone_generates_as_the_loaded_model(refiner):
         s.load(refiner)
         r = s.txt2img(prompt=PROMPT, steps=3, sampler_name="Euler", seed=1)
     assert r.images[0].size == (64, 64)
+
+
+def test_hires_fix_on_an_earlier_result_switches_in_its_hires_pass(xl, refiner):
+    """A1111's ✨ is a txt2img with hires fix: the default "second pass" setting switches in the hires pass."""
+    entry = next(e for e in FIXTURE["hires"] if e["mode"] == "second pass")
+    first = xl.txt2img(prompt=PROMPT, negative_prompt=NEGATIVE, seed=3, steps=10, sampler_name="Euler",
+                       width=64, height=64, refiner_checkpoint=refiner)
+    rec = Recorder(base=xl.model.unet, refiner=refiner.unet)
+    try:
+        r = xl.hires_fix(first, denoising_strength=0.6, hr_scale=2.0)
+    finally:
+        rec.close()
+    assert len(rec.names) == len(entry["hires_calls"])
+    assert rec.first("refiner") == entry["hires_switch"]
+    assert infotext.parse(r.infotexts[0])["Refiner"] == "tiny-sdxl_refiner"

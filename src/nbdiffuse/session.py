@@ -998,8 +998,10 @@ class Session:
         def build():
             bundle, kw = self._start(hooks)
             self.encoder.emphasis = result.params.emphasis
+            _, refiner = self._refiner_for(result.params)
             return result.params, self._with_networks(result.params, hires_fix_steps(
-                bundle, result, self.encoder, indices=indices, upscalers=self.upscalers, **changes, **kw))
+                bundle, result, self.encoder, indices=indices, upscalers=self.upscalers, refiner=refiner, **changes,
+                **kw))
 
         _, gen = self._held("a hires fix job", build)
         return self._run(gen, result.params.hr_steps_used, "Hires fix")

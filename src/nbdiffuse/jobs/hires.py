@@ -182,11 +182,13 @@ def hires_fix_steps(bundle, result: Result, encoder: TextEncoder, *, hooks: Sequ
                     control: JobControl | None = None, outputs_dir: str | Path | None = None,
                     progress: Progress | None = None,
                     styles: Mapping[str, Style] | None = None, indices: Sequence[int] | None = None,
-                    upscalers: Upscalers | None = None, **changes) -> Generator[StepState, None, Result]:
+                    upscalers: Upscalers | None = None, refiner=None, **changes) -> Generator[StepState, None, Result]:
     """A1111's ✨ (upscale an earlier txt2img result): the hires pass on ``result``'s first-pass latents with its
     seeds. ``changes`` may set the hires fields (``hr_scale``, ``hr_upscaler``, ``denoising_strength``, ...);
     ``indices`` picks images (default all). Differs from A1111 in one way, for the better: A1111 re-encodes the
-    saved 8-bit image for latent upscalers, here the exact first-pass latents are used."""
+    saved 8-bit image for latent upscalers, here the exact first-pass latents are used. ``refiner``
+    (:class:`~nbdiffuse.jobs.refiner.Refiner`, for the result's ``refiner_checkpoint``): the hires pass switches to
+    it where ``hires_fix_refiner_pass`` lets the second pass switch."""
     unknown = sorted(set(changes) - set(HIRES_FIELDS))
     if unknown:
         raise TypeError(f"hires_fix: {', '.join(map(repr, unknown))} cannot be changed here; "
@@ -209,18 +211,20 @@ def hires_fix_steps(bundle, result: Result, encoder: TextEncoder, *, hooks: Sequ
     with circular_padding(bundle, p.tiling):
         return (yield from _hires_fix(bundle, p, encoder, latents, seeds, subseeds, hooks=hooks, control=control,
                                       outputs_dir=outputs_dir, progress=progress, styles=styles,
-                                      upscalers=upscalers))
+                                      upscalers=upscalers, refiner=refiner))
 
 
 def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, outputs_dir, progress, styles,
-               upscalers):
+               upscalers, refiner):
+    from .refiner import refiner_fields
+
     control = control or JobControl()
     start = time.perf_counter()
     timings = new_timings()
     notes: list[str] = []
     styled_prompt, styled_negative, _, _ = styled_prompts(p, styles, notes, applied_names(bundle))
     t = time.perf_counter()
-    plan = plan_hires(bundle, p, encoder, styles, notes, upscalers)
+    plan = plan_hires(bundle, p, encoder, styles, notes, upscalers, refiner=refiner)
     timings["encode_s"] += time.perf_counter() - t
     denoiser = denoiser_for(bundle)
     func = SAMPLERS[p.sampler_name].func
@@ -235,9 +239,11 @@ def _hires_fix(bundle, p, encoder, latents, seeds, subseeds, *, hooks, control, 
     def save(x, seeds, subseeds):
         return decode_and_save(bundle, x, seeds, lambda i: infotext_fields(
             p, bundle, seeds[i], subseeds[i], func, denoising=plan.denoising, encoder=encoder,
-            extra=mask_weight_fields(bundle, p, "txt2img", is_latent(plan.upscaler))),
+            extra={**mask_weight_fields(bundle, p, "txt2img", is_latent(plan.upscaler)), **refiner_fields(p, refiner)}),
             (styled_prompt, styled_negative), "txt2img-images", outputs_dir, notes, timings, control)
 
     done = yield from run_batches(seed_batches(seeds, subseeds, p.batch_size), sample, save, control, notes)
     finish_timings(timings, start, denoiser, bundle.device, notes)
+    if refiner is not None:
+        timings["model_calls"] += refiner.denoiser.calls
     return done.result(p, timings, notes, (0, *latents.shape[1:]))
