@@ -13,7 +13,7 @@ LANGS = ("en", "zh")
 
 EN = {
     "tab_txt2img": "txt2img", "tab_img2img": "img2img", "tab_models": "Models", "tab_xyz": "XYZ plot",
-    "tab_png": "PNG Info", "tab_code": "Copy as code",
+    "tab_png": "PNG Info", "tab_code": "Copy as code", "tab_extras": "Extras",
     "prompt": "Prompt", "negative_prompt": "Negative prompt",
     "prompt_placeholder": "Prompt (press Generate to run)", "negative_placeholder": "Negative prompt",
     "sampler_name": "Sampling method", "scheduler": "Schedule type", "steps": "Sampling steps",
@@ -60,11 +60,19 @@ EN = {
     "upload_help": "Choose the init image and a mask PNG: white = inpaint (a mask with transparency uses its alpha).",
     "no_mask": "Paint the area to inpaint on the image first (or use “Inpaint upload” with a mask PNG).",
     "no_mask_upload": "Upload a mask PNG first (white = inpaint).",
+    "extras_help": "Upscales a picture as A1111's Extras tab does (its “Upscale” part; face restoration is not "
+                   "available yet) and saves it under extras-images/.",
+    "extras_image": "Source", "extras_resize_mode": "Resize", "scale_by": "Scale by", "scale_to": "Scale to",
+    "upscaling_resize": "Resize", "max_side_length": "Max side length", "upscaling_crop": "Crop to fit",
+    "upscaler_1": "Upscaler 1", "upscaler_2": "Upscaler 2", "upscaler_2_visibility": "Upscaler 2 visibility",
+    "generate_extras": "Generate", "no_extras_image": "Choose a picture first (upload one).",
+    "extras_done": "{size}: {infotext}", "extras_saved": "Saved {path}.",
 }
 
 ZH = {
     "tab_txt2img": "文生图 (txt2img)", "tab_img2img": "图生图 (img2img)", "tab_models": "模型 (Models)",
     "tab_xyz": "XYZ 图表 (XYZ plot)", "tab_png": "图片信息 (PNG Info)", "tab_code": "复制为代码",
+    "tab_extras": "后期处理 (Extras)",
     "prompt": "提示词 (Prompt)", "negative_prompt": "反向提示词 (Negative prompt)",
     "prompt_placeholder": "提示词（按“生成”开始）", "negative_placeholder": "反向提示词",
     "sampler_name": "采样方法 (Sampler)", "scheduler": "调度类型 (Schedule type)", "steps": "迭代步数 (Steps)",
@@ -116,6 +124,14 @@ ZH = {
     "upload_help": "选择初始图像和蒙版 PNG：白色为重绘区域（带透明度的蒙版使用其透明通道）。",
     "no_mask": "请先在图像上涂抹要重绘的区域（或用“上传重绘蒙版”上传蒙版 PNG）。",
     "no_mask_upload": "请先上传蒙版 PNG（白色为重绘区域）。",
+    "extras_help": "按 A1111 后期处理页面的方式放大图像（其“放大”部分；面部修复暂不可用），保存到 extras-images/。",
+    "extras_image": "源图像 (Source)", "extras_resize_mode": "缩放方式 (Resize)", "scale_by": "等比缩放 (Scale by)",
+    "scale_to": "指定尺寸 (Scale to)", "upscaling_resize": "缩放比例 (Resize)",
+    "max_side_length": "最大边长 (Max side length)", "upscaling_crop": "裁剪以适应宽高比 (Crop to fit)",
+    "upscaler_1": "放大算法 1 (Upscaler 1)", "upscaler_2": "放大算法 2 (Upscaler 2)",
+    "upscaler_2_visibility": "放大算法 2 强度 (Upscaler 2 visibility)", "generate_extras": "生成 (Generate)",
+    "no_extras_image": "请先选择图像（上传一张）。", "extras_done": "{size}：{infotext}",
+    "extras_saved": "已保存 {path}。",
 }
 
 TABLES = {"en": EN, "zh": ZH}

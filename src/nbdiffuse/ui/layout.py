@@ -8,17 +8,19 @@ starts at other values than its API (:data:`INPAINT_UI_DEFAULTS`), and the panel
 from __future__ import annotations
 
 import html
+import inspect
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from types import SimpleNamespace
 
 import ipywidgets as w
 
+from ..jobs.extras import extras_upscale
 from ..jobs.hires import DEFAULT_DENOISING as HIRES_DENOISING
 from ..jobs.img2img import DEFAULT_DENOISING as IMG2IMG_DENOISING
 from ..jobs.params import GenerationParams
 from ..jobs.soft_inpainting import SoftInpainting
-from ..jobs.upscalers import RESIZE_MODES, resolve_upscaler
+from ..jobs.upscalers import PIXEL_UPSCALERS, RESIZE_MODES, is_latent, resolve_upscaler
 from ..jobs.xyz import AXES
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULES
@@ -46,6 +48,20 @@ SOFT_INPAINTING_SLIDERS = {"mask_blend_power": (0.0, 8.0, 0.1), "mask_blend_scal
                            "composite_mask_influence": (0.0, 1.0, 0.05),
                            "composite_difference_threshold": (0.0, 8.0, 0.25),
                            "composite_difference_contrast": (0.0, 8.0, 0.25)}
+#: The Extras tab's controls: ``session.extras``' arguments, each starting at its default there.
+EXTRAS_CONTROLS = ("upscaler_1", "upscaler_2", "upscaler_2_visibility", "resize_mode", "upscaling_resize",
+                   "max_side_length", "upscaling_resize_w", "upscaling_resize_h", "upscaling_crop")
+
+
+def extras_defaults() -> dict:
+    """Where the Extras tab's controls start: ``session.extras``' defaults (A1111's own tab starts at upscaler 1
+    "None" and a scale of 4).
+
+    >>> extras_defaults()["upscaler_1"], extras_defaults()["upscaling_resize"]
+    ('Lanczos', 2.0)
+    """
+    params = inspect.signature(extras_upscale).parameters
+    return {name: params[name].default for name in EXTRAS_CONTROLS}
 
 
 def control_defaults() -> dict:
@@ -210,6 +226,40 @@ def build_panel(t: dict[str, str], upscalers: Sequence[str] = ("Latent",)) -> Si
                       ui.img2img_strength, ui.extra_noise, ui.initial_noise_multiplier, ui.inpaint_controls,
                       ui.generate_img2img])
 
+    # Extras: A1111's "Upscale" postprocessing (session.extras)
+    e = extras_defaults()
+    pixel = list(dict.fromkeys([*PIXEL_UPSCALERS, *(n for n in upscalers if not is_latent(n))]))
+    ui.extras_upload = w.FileUpload(accept="image/*", multiple=False, description=t["extras_image"])
+    ui.extras_source = w.Image(format="png", layout=w.Layout(width="192px", display="none"))
+    ui.extras_resize_mode = _choice([(t["scale_by"], 0), (t["scale_to"], 1)], e["resize_mode"],
+                                    t["extras_resize_mode"])
+    ui.upscaling_resize = _slider(w.FloatSlider, e["upscaling_resize"], 1.0, 8.0, 0.05, t["upscaling_resize"])
+    ui.max_side_length = w.BoundedIntText(value=e["max_side_length"], min=0, max=65536, step=8,
+                                          description=t["max_side_length"], style={"description_width": "150px"})
+    ui.scale_by_box = w.VBox([ui.upscaling_resize, ui.max_side_length],
+                             layout=w.Layout(display="" if e["resize_mode"] == 0 else "none"))
+    ui.upscaling_resize_w = _slider(w.IntSlider, e["upscaling_resize_w"], 64, 8192, 8, t["width"])
+    ui.upscaling_resize_h = _slider(w.IntSlider, e["upscaling_resize_h"], 64, 8192, 8, t["height"])
+    ui.upscaling_crop = w.Checkbox(value=e["upscaling_crop"], description=t["upscaling_crop"], indent=False)
+    ui.scale_to_box = w.VBox([ui.upscaling_resize_w, ui.upscaling_resize_h, ui.upscaling_crop],
+                             layout=w.Layout(display="" if e["resize_mode"] == 1 else "none"))
+    ui.extras_upscaler_1 = w.Dropdown(options=pixel, value=e["upscaler_1"], description=t["upscaler_1"], **wide)
+    ui.extras_upscaler_2 = w.Dropdown(options=pixel, value=e["upscaler_2"], description=t["upscaler_2"], **wide)
+    ui.upscaler_2_visibility = _slider(w.FloatSlider, e["upscaler_2_visibility"], 0.0, 1.0, 0.001,
+                                       t["upscaler_2_visibility"])
+    ui.upscaler_2_visibility.readout_format = ".3f"
+    ui.generate_extras = w.Button(description=t["generate_extras"], button_style="primary")
+    ui.extras_output = w.Image(format="png", layout=w.Layout(max_width="98%", display="none"))
+    ui.extras_info = w.HTML("")
+    for name in ("extras_upload", "extras_resize_mode", "upscaling_resize", "max_side_length", "upscaling_resize_w",
+                 "upscaling_resize_h", "upscaling_crop", "extras_upscaler_1", "extras_upscaler_2",
+                 "upscaler_2_visibility", "generate_extras", "extras_info"):
+        getattr(ui, name).add_class(f"nbd-{name.replace('_', '-')}")
+    extras = w.VBox([w.HTML(f"<i>{html.escape(t['extras_help'])}</i>"), ui.extras_upload, ui.extras_source,
+                     ui.extras_resize_mode, ui.scale_by_box, ui.scale_to_box, ui.extras_upscaler_1,
+                     w.HBox([ui.extras_upscaler_2, ui.upscaler_2_visibility]), ui.generate_extras, ui.extras_info,
+                     ui.extras_output])
+
     # models
     ui.checkpoint = w.Dropdown(options=[], description=t["checkpoint"], **wide)
     ui.load = w.Button(description=t["load"])
@@ -251,8 +301,9 @@ def build_panel(t: dict[str, str], upscalers: Sequence[str] = ("Latent",)) -> Si
     ui.code.add_class("nbd-code")
     code = w.VBox([w.HTML(html.escape(t["code_help"])), ui.code])
 
-    ui.tabs = w.Tab(children=[txt2img, img2img, models, xyz, png_info, code])
-    for i, key in enumerate(("tab_txt2img", "tab_img2img", "tab_models", "tab_xyz", "tab_png", "tab_code")):
+    ui.tabs = w.Tab(children=[txt2img, img2img, extras, models, xyz, png_info, code])
+    for i, key in enumerate(("tab_txt2img", "tab_img2img", "tab_extras", "tab_models", "tab_xyz", "tab_png",
+                             "tab_code")):
         ui.tabs.set_title(i, t[key])
 
     # shared by every tab: progress, live preview, errors, gallery

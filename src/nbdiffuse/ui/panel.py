@@ -34,6 +34,7 @@ from .images import png_bytes, preview_image
 from .labels import default_lang, labels
 from .layout import (
     CONTROLS,
+    EXTRAS_CONTROLS,
     HIRES_CONTROLS,
     IMG2IMG_CONTROLS,
     INPAINT_CONTROLS,
@@ -102,6 +103,8 @@ class Panel:
         self._extra: dict = {}  # parameters with no control (from a pasted infotext): kept and shown
         self._init_image: Image.Image | None = None
         self._mask_upload: Image.Image | None = None  # the "Inpaint upload" mode's mask, as uploaded (RGBA)
+        self._extras_image: Image.Image | None = None  # the Extras tab's picture, with its PNG text
+        self.extras_result = None  # the Extras tab's last ExtrasResult
         self._code_call = "txt2img"  # which call "Copy as code" shows: the last generation tab's
         self._thread: threading.Thread | None = None
         self._stop_requested = False
@@ -268,6 +271,45 @@ class Panel:
             return
         self._start(lambda hooks, **p: self.session.img2img(hooks=hooks, **images, **p), params)
 
+    @property
+    def extras_image(self) -> Image.Image | None:
+        """The Extras tab's picture (uploaded, with its PNG text, which A1111 keeps in the saved file)."""
+        return self._extras_image
+
+    @property
+    def extras_params(self) -> dict:
+        """The Extras tab's settings as ``session.extras`` keyword arguments (the picture is :attr:`extras_image`)."""
+        ui = self.w
+        widgets = {"upscaler_1": ui.extras_upscaler_1, "upscaler_2": ui.extras_upscaler_2,
+                   "resize_mode": ui.extras_resize_mode}
+        return {name: (widgets.get(name) or getattr(ui, name)).value for name in EXTRAS_CONTROLS}
+
+    def run_extras(self, _button=None):
+        """``session.extras(panel.extras_image, **panel.extras_params)`` (the Extras tab's Generate button), at
+        once on this thread (no sampling: it waits for nothing but the upscaler); the picture and its
+        postprocessing text show in the tab. Returns the ExtrasResult (None when it could not run)."""
+        self._clear_error()
+        if self.running:
+            return None
+        if self._extras_image is None:
+            self._show_error(self.t["no_extras_image"])
+            return None
+        try:
+            out = self.session.extras(self._extras_image, **self.extras_params)
+        except Exception as e:  # noqa: BLE001 - the API's message is shown; the panel stays usable
+            self._show_error(e)
+            return None
+        self.extras_result = out
+        ui = self.w
+        ui.extras_output.value = png_bytes(out.image)
+        ui.extras_output.layout.display = ""
+        lines = [self.t["extras_done"].format(size=f"{out.image.width}x{out.image.height}", infotext=out.infotext)]
+        if out.path is not None:
+            lines.append(self.t["extras_saved"].format(path=out.path))
+        lines += [f"\u26a0 {warning}" for warning in out.warnings]
+        ui.extras_info.value = "<br/>".join(html.escape(line) for line in lines)
+        return out
+
     def _xyz_spec(self) -> list:
         return [(a.value, v.value) if a.value != "Nothing" else None
                 for a, v in zip(self.w.xyz_axes, self.w.xyz_values)]
@@ -378,6 +420,9 @@ class Panel:
         ui.init_upload.observe(self._on_init_upload, names="value")
         ui.mask_upload.observe(self._on_mask_upload, names="value")
         ui.img2img_mode.observe(lambda c: self._show_mode(c["new"]), names="value")
+        ui.extras_upload.observe(self._on_extras_upload, names="value")
+        ui.generate_extras.on_click(self.run_extras)
+        ui.extras_resize_mode.observe(lambda c: self._show_extras_mode(c["new"]), names="value")
         ui.soft_inpainting.observe(lambda c: setattr(ui.soft_box.layout, "display", "" if c["new"] else "none"),
                                    names="value")
         ui.tabs.observe(self._on_tab, names="selected_index")
@@ -459,6 +504,22 @@ class Panel:
             self._painter.set_image(image, png)  # a new image starts with no mask painted
         self._show_mode(self.w.img2img_mode.value)
         self._update_code()
+
+    def _on_extras_upload(self, change) -> None:
+        files = _upload_files(change["new"])
+        if files:
+            self._guard(self._set_extras_image, files[-1][1])
+
+    def _set_extras_image(self, data: bytes) -> None:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # its PNG text (.info) comes along: A1111 keeps it in the saved picture
+        self._extras_image = image
+        self.w.extras_source.value = png_bytes(image)
+        self.w.extras_source.layout.display = ""
+
+    def _show_extras_mode(self, mode: int) -> None:
+        self.w.scale_by_box.layout.display = "" if mode == 0 else "none"
+        self.w.scale_to_box.layout.display = "" if mode == 1 else "none"
 
     def _on_mask_upload(self, change) -> None:
         files = _upload_files(change["new"])
