@@ -792,7 +792,8 @@ class Session:
             self._prepare_refiner(bundle)
             self._refiner = (name, bundle, TextEncoder(bundle))
         _, bundle, encoder = self._refiner
-        if bundle is base:
+        if bundle is base or (base.path is not None and bundle.path is not None
+                              and Path(base.path).resolve() == Path(bundle.path).resolve()):
             return self._same_refiner(p)
         if bundle.latent_channels != base.latent_channels or bundle.vae_scale_factor != base.vae_scale_factor:
             raise ValueError(f"refiner_checkpoint={name!r}: its latents ({bundle.latent_channels} channels, 1/"
