@@ -126,3 +126,35 @@ def test_errors_come_before_any_model_work(toy, red, jobs):
     with pytest.raises(ValueError, match="scale_factor"):
         toy.sd_upscale([red], upscaler="Lanczos", scale_factor=0, overlap=16, width=64, height=64, **BASE)
     assert jobs == []
+
+
+def test_a_model_upscaler_is_named_by_its_file_stem_and_an_interrupt_stops_it_between_its_tiles(toy, red, jobs,
+                                                                                                  tmp_path):
+    import torch
+
+    from nbdiffuse.jobs import upscalers
+    from nbdiffuse.jobs.driver import JobControl
+    from nbdiffuse.jobs.params import GenerationParams
+    from nbdiffuse.jobs.sd_upscale import sd_upscale_steps
+
+    pytest.importorskip("einops")
+    try:
+        upscalers.import_spandrel()
+    except ImportError as e:
+        pytest.skip(f"spandrel not installed: {e}")
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(0)
+    path = tmp_path / "4x-Tiny.pth"
+    torch.save(ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4).state_dict(), path)
+    r = toy.sd_upscale([red], upscaler=str(path), scale_factor=2.0, overlap=0, width=64, height=64, seed=3, **BASE)
+    assert r.image.size == (128, 128) and len(jobs) == 4  # one 4x pass, Lanczos down to 2x; 2x2 tiles
+    assert infotext.parse(r.infotexts[0])["SD upscale upscaler"] == "4x-Tiny"  # A1111 names it by its stem
+    control = JobControl()
+    control.interrupt.set()
+    gen = sd_upscale_steps(toy.model, GenerationParams.from_kwargs(width=64, height=64, **BASE), toy.encoder, [red],
+                           upscaler=str(path), overlap=0, control=control)
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    result = stop.value.value
+    assert result.interrupted and result.images == [] and len(jobs) == 4  # no tile was redrawn

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
 from ..io.grid import combine_grid, split_grid
 from ..sampling.noise import fix_seed
 from .driver import JobControl
+from .guards import JobInterrupted
 
 __all__ = ["TilePlan", "check_upscaler", "plan_sd_upscale", "sd_upscale_steps", "tile_plan", "tile_seeds",
            "upscaled_size"]
@@ -152,15 +153,21 @@ def sd_upscale_steps(bundle, p, encoder, init_image, *, overlap: int = 64, scale
                                        upscaler=upscaler, upscalers=upscalers)
     control = control or JobControl()
     seed, subseed = fix_seed(p.seed), fix_seed(p.subseed)
-    picture = init if name == "None" else upscale_image(init, float(scale_factor), name, upscalers)
+    known = upscalers.files if upscalers is not None else {}
+    label = name if name in PIXEL_UPSCALERS or name in known else _stem(name)  # A1111: a model file's stem
+    tile_p = p.replace(n_iter=1, seed=seed, subseed=subseed)
+    try:  # a model upscaler checks the interrupt between its tiles
+        picture = init if name == "None" else upscale_image(init, float(scale_factor), name, upscalers,
+                                                            interrupt=control.interrupt)
+    except JobInterrupted:
+        result = _gather(tile_p, [], [], [], [], [], outputs_dir, True)
+        result.sd_upscale = replace(plan, upscaler=label, scale_factor=float(scale_factor))
+        return result
     grid = split_grid(picture, p.width, p.height, overlap)
     work = [tile for _, _, row in grid.tiles for _, _, tile in row]
     batch = p.batch_size
     batches = math.ceil(len(work) / batch)
-    known = upscalers.files if upscalers is not None else {}
-    label = name if name in PIXEL_UPSCALERS or name in known else _stem(name)  # A1111: a model file's stem
     lead = {"SD upscale overlap": overlap, "SD upscale upscaler": label}
-    tile_p = p.replace(n_iter=1, seed=seed, subseed=subseed)
     results, pictures, seeds, round_seeds, first_info, interrupted = [], [], [], [], None, False
     for n in range(p.n_iter):
         start = seed + n
@@ -197,8 +204,7 @@ def sd_upscale_steps(bundle, p, encoder, init_image, *, overlap: int = 64, scale
         result = _gather(tile_p, results, pictures, [first_info] * len(pictures), seeds, [subseed] * len(pictures),
                          outputs_dir, interrupted)
     result.params = p.replace(seed=seed, subseed=subseed)
-    result.sd_upscale = TilePlan(plan.size, plan.tile, overlap, plan.xs, plan.ys, round_seeds, label,
-                                 float(scale_factor))
+    result.sd_upscale = replace(plan, seeds=round_seeds, upscaler=label, scale_factor=float(scale_factor))
     return result
 
 
