@@ -322,3 +322,9 @@ def test_hires_fix_on_an_earlier_result_switches_in_its_hires_pass(xl, refiner):
     assert len(rec.names) == len(entry["hires_calls"])
     assert rec.first("refiner") == entry["hires_switch"]
     assert infotext.parse(r.infotexts[0])["Refiner"] == "tiny-sdxl_refiner"
+
+
+def test_the_prompts_networks_are_said_to_skip_the_refiner(xl, refiner):
+    with pytest.warns(UserWarning, match="refiner runs without them"):
+        with pytest.raises(ValueError, match="models folder"):  # no models_dir: the LoRA itself is refused after
+            xl.txt2img(prompt=PROMPT + " <lora:style:0.5>", steps=2, refiner_checkpoint=refiner)

@@ -803,6 +803,15 @@ class Session:
             raise ValueError(f"refiner_checkpoint={name!r} is an inpainting model (9-channel UNet): it needs the "
                              "mask conditioning only an inpainting base model's job makes.")
         encoder.emphasis = p.emphasis
+        from .jobs.driver import apply_styled
+        from .prompts.parser import extract_extra_networks
+
+        tags = [t for t in extract_extra_networks(apply_styled(p, self.styles)[0])[1]
+                if t.kind in ("lora", "lyco", "hypernet")]
+        if tags:
+            names = ", ".join(f"<{t.kind}:{t.name}>" for t in tags)
+            warnings.warn(f"refiner_checkpoint={name!r}: the prompt's {names} apply to the loaded model only; the "
+                          "refiner runs without them.", stacklevel=5)
         return p, Refiner.of(bundle, encoder, p)
 
     @staticmethod

@@ -16,7 +16,7 @@ _LAZY = {
     # the mask + masked-image latents an inpainting model (9-channel UNet) takes, as A1111 makes them
     "inpainting_conditioning": ".inpainting", "txt2img_conditioning": ".inpainting",
     # tiny random models of the real architectures, built from config in a second (tests, teaching, benchmarks)
-    "tiny_sd1": "..testing", "tiny_sd2": "..testing", "tiny_sdxl": "..testing",
+    "tiny_sd1": "..testing", "tiny_sd2": "..testing", "tiny_sdxl": "..testing", "tiny_sdxl_refiner": "..testing",
 }
 
 __all__ = list(_LAZY)
