@@ -328,3 +328,12 @@ def test_the_prompts_networks_are_said_to_skip_the_refiner(xl, refiner):
     with pytest.warns(UserWarning, match="refiner runs without them"):
         with pytest.raises(ValueError, match="models folder"):  # no models_dir: the LoRA itself is refused after
             xl.txt2img(prompt=PROMPT + " <lora:style:0.5>", steps=2, refiner_checkpoint=refiner)
+
+
+def test_xyz_axes_vary_the_refiner_and_its_switch_point(xl, refiner):
+    xl.txt2img(prompt=PROMPT, steps=2, refiner_checkpoint=refiner)  # the refiner in memory, by its name
+    grid = xl.xyz(x=("Refiner switch at", "0.5, 1"), y=("Refiner checkpoint", ["None", "tiny-sdxl_refiner"]),
+                  prompt=PROMPT, steps=6, sampler_name="Euler", seed=2, show=False, save_grid=False)
+    texts = {(ix, iy): infotext.parse(grid.cells[ix][iy][0].infotexts[0]) for ix in range(2) for iy in range(2)}
+    assert [key for key, t in texts.items() if "Refiner" in t] == [(0, 1)]  # with the refiner, switching at 0.5
+    assert float(texts[0, 1]["Refiner switch at"]) == 0.5

@@ -212,6 +212,8 @@ AXES: dict[str, Axis] = {a.name: a for a in [
     Axis("Styles", "str", "styles"),
     Axis("Size", "size", None, _size),
     Axis("RNG source", "rng", "randn_source"),  # A1111's values GPU, CPU, NV
+    Axis("Refiner checkpoint", "str", "refiner_checkpoint", cost=1.0),  # "None": no refiner; loading one costs
+    Axis("Refiner switch at", "float", "refiner_switch_at"),
 ]}
 
 
