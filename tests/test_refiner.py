@@ -337,3 +337,16 @@ def test_xyz_axes_vary_the_refiner_and_its_switch_point(xl, refiner):
     texts = {(ix, iy): infotext.parse(grid.cells[ix][iy][0].infotexts[0]) for ix in range(2) for iy in range(2)}
     assert [key for key, t in texts.items() if "Refiner" in t] == [(0, 1)]  # with the refiner, switching at 0.5
     assert float(texts[0, 1]["Refiner switch at"]) == 0.5
+
+
+def test_an_interrupt_reaches_inside_the_refiners_unet_call(xl, refiner):
+    blocks = []
+    h1 = refiner.unet.register_forward_pre_hook(lambda m, a: xl.interrupt())
+    h2 = refiner.unet.down_blocks[0].resnets[0].register_forward_hook(lambda m, a, out: blocks.append(1))
+    try:
+        r = xl.txt2img(prompt=PROMPT, steps=20, sampler_name="Euler", seed=1, refiner_checkpoint=refiner)
+    finally:
+        h1.remove()
+        h2.remove()
+    assert r.interrupted and len(r.images) == 1  # the x0 estimate of the last finished step is kept
+    assert blocks == []  # stopped inside the refiner's UNet call, before its first resnet block finished
