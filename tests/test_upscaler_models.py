@@ -186,3 +186,31 @@ def test_no_torchvision_stand_in_is_left_behind():
 
     tv = sys.modules.get("torchvision")
     assert tv is None or getattr(tv, "__file__", None)  # spandrel imported; torchvision is the real one or absent
+
+
+def test_stop_while_hires_upscales_with_a_model_keeps_the_batches_before(sd1, tmp_path):
+    """The hires pass hands the job's Stop flag to the model upscaler: Stop during the second batch's tiles ends the
+    job there, with the first batch's images kept (a model upscale can take minutes at 4x on a large picture)."""
+    from nbdiffuse import Session
+
+    session = Session(outputs_dir=None, progress=False)
+    session.load(sd1)
+    session.upscalers.tiling["ESRGAN"] = SMALL
+    name = session.upscalers.register(save(esrgan(2), tmp_path / "2x_Tiny.pth"))
+    net = session.upscalers.model(name).model
+    calls = []
+
+    def stop_on_the_second_batch(module, args):
+        calls.append(1)
+        if len(calls) == 25 + 2:  # 64x64 in 16 px tiles with 4 px overlap: 5x5 = 25 tiles per image
+            session.interrupt()
+
+    handle = net.register_forward_pre_hook(stop_on_the_second_batch)
+    try:
+        with pytest.warns(UserWarning, match="Interrupted while upscaling with 2x_Tiny"):
+            r = session.txt2img(prompt="a red circle", steps=2, width=64, height=64, seed=1, n_iter=2,
+                                enable_hr=True, hr_upscaler=name, hr_second_pass_steps=1)
+    finally:
+        handle.remove()
+    assert r.interrupted and len(r.images) == 1 and r.images[0].size == (128, 128)
+    assert len(calls) == 25 + 2  # no tile ran after the Stop

@@ -56,6 +56,7 @@ from .driver import (
     took,
 )
 from .fields import infotext_fields
+from .guards import JobInterrupted
 from .img2img import img2img_noise_sigma, img2img_schedule, img2img_sigmas
 from .inpainting_model import hires_conditioning, mask_weight, mask_weight_fields
 from .params import GenerationParams
@@ -137,15 +138,17 @@ def upscale_for_hires(plan: HiresPlan, latents: torch.Tensor, notes: list[str]) 
     return crop_latents(_upscaled(plan, latents, notes)[0], *plan.truncate)
 
 
-def _upscaled(plan: HiresPlan, latents: torch.Tensor, notes: list[str]) -> tuple[torch.Tensor, list | None]:
-    """Step 2: the upscaled latents, not yet cropped, and the upscaled images a pixel upscaler made (else None)."""
+def _upscaled(plan: HiresPlan, latents: torch.Tensor, notes: list[str], interrupt=None
+              ) -> tuple[torch.Tensor, list | None]:
+    """Step 2: the upscaled latents, not yet cropped, and the upscaled images a pixel upscaler made (else None).
+    ``interrupt`` (an Event) stops a model upscaler between its tiles (``JobInterrupted``)."""
     bundle = plan.bundle
     factor = bundle.vae_scale_factor
     to_x, to_y = plan.upscale_to
     if is_latent(plan.upscaler):
         return upscale_latents(latents.float(), plan.upscaler, (to_y // factor, to_x // factor)), None
     images = decode(bundle, latents, notes)
-    images = [resize_image(0, im, to_x, to_y, plan.upscaler, plan.upscalers) for im in images]
+    images = [resize_image(0, im, to_x, to_y, plan.upscaler, plan.upscalers, interrupt=interrupt) for im in images]
     return encode(bundle, images), images
 
 
@@ -158,7 +161,12 @@ def hires_pass(plan: HiresPlan, denoiser: Denoiser, latents: torch.Tensor, seeds
     When the first pass was stopped (interrupt/skip) the second pass is not run: the first pass's x0 estimate
     is only upscaled, so every image of a job has the same size."""
     notes: list[str] = []
-    upscaled, images = _upscaled(plan, latents, notes)
+    try:  # a stopped first pass is still upscaled (every image the same size); else Stop reaches between tiles
+        upscaled, images = _upscaled(plan, latents, notes,
+                                     None if first_pass_stopped or control is None else control.interrupt)
+    except JobInterrupted:
+        notes.append(f"Interrupted while upscaling with {plan.upscaler}: kept the images of the batches before.")
+        return PassOutcome(None, True, True, notes=notes)
     z = crop_latents(upscaled, *plan.truncate)
     if first_pass_stopped:
         notes.append("The first pass was stopped early: its images were upscaled without the second pass.")
