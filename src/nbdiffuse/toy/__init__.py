@@ -6,7 +6,9 @@ coloured shapes ("a red circle on a blue background"). See ``MODEL_CARD.md`` in 
 - :mod:`nbdiffuse.toy.train`: ``python -m nbdiffuse.toy.train`` reproduces the weights on a CPU;
 - :mod:`nbdiffuse.toy.evaluate`: ``python -m nbdiffuse.toy.evaluate`` measures them;
 - :mod:`nbdiffuse.toy.train_inpainting`: ``python -m nbdiffuse.toy.train_inpainting`` fine-tunes them into the toy
-  inpainting model (a 9-channel UNet, like ``sd-v1-5-inpainting``).
+  inpainting model (a 9-channel UNet, like ``sd-v1-5-inpainting``);
+- :mod:`nbdiffuse.toy.train_upscaler`: ``python -m nbdiffuse.toy.train_upscaler`` trains ``weights/toy-upscaler-2x
+  .safetensors``, a 2x model upscaler (Real-ESRGAN's Compact architecture, loaded by spandrel) for the toy world.
 
 ``load_toy()`` returns the shipped weights as a :class:`~nbdiffuse.models.bundle.ModelBundle`
 (``load_toy(inpainting=True)``: the inpainting one).
