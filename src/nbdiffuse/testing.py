@@ -199,7 +199,8 @@ def tiny_sdxl_refiner(seed: int = 0) -> ModelBundle:
 
 def tiny_checkpoint(path, arch: str = "sd1", *, inpainting: bool = False, seed: int = 0) -> Path:
     """Write a tiny random model of ``arch`` ("sd1", "sd2", "sdxl", "sdxl_refiner") as an A1111 single-file
-    checkpoint (LDM key names, safetensors; :func:`nbdiffuse.models.save_checkpoint`) for loader and job tests; returns the path.
+    checkpoint (LDM key names, safetensors; :func:`nbdiffuse.models.save_checkpoint`) for loader and job tests;
+    returns the path.
 
     >>> import tempfile, pathlib
     >>> from nbdiffuse.models import load_checkpoint
