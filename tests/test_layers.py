@@ -21,6 +21,8 @@ PACKAGE = SRC / "nbdiffuse"
 # Upward imports the design allows, each inside one function and said why (DESIGN.md, "Layers").
 ALLOWED_UPWARD = {
     ("nbdiffuse.session", "nbdiffuse.ui"): "Session.panel() is a shortcut for ui.Panel(session), imported on call",
+    ("nbdiffuse.session", "nbdiffuse.fanout"): "executor='ray' builds the Ray workers (which hold Sessions) on call; "
+                                               "the one-GPU path never imports it",
 }
 
 

@@ -222,3 +222,15 @@ def test_time_estimate_leaves_out_the_warm_up_step_and_gives_a_range(session):
     # timing the whole probe (the old way) says at least 3 steps x (3 s / 2 calls) = 4.5 s
     assert plan.seconds_estimate < 3.0
     assert "estimated time about" in plan._repr_html_()
+
+
+def test_a_random_seed_is_drawn_once_for_the_whole_grid_unless_kept_at_minus_one():
+    """A1111's X/Y/Z plot calls modules.processing.fix_seed(p) before the cells ("Keep -1 for seeds" off): every
+    cell gets the same seed and variation seed, so cells differ only by their axes."""
+    plan = plan_xyz(x=("Steps", "1, 2, 3"), y=("CFG Scale", "3, 7"), prompt="a", width=64, height=64)
+    seeds = {(c["seed"], c["subseed"]) for c in plan.cells.values()}
+    assert len(seeds) == 1 and -1 not in next(iter(seeds))
+    kept = plan_xyz(x=("Steps", "1, 2, 3"), prompt="a", width=64, height=64, no_fixed_seeds=True)
+    assert all(c.get("seed", -1) == -1 and c.get("subseed", -1) == -1 for c in kept.cells.values())
+    given = plan_xyz(x=("Steps", "1, 2"), prompt="a", width=64, height=64, seed=5, subseed=9)
+    assert {(c["seed"], c["subseed"]) for c in given.cells.values()} == {(5, 9)}

@@ -11,6 +11,7 @@ from ._version import __version__
 _LAZY = {
     "Session": ".session", "StepRun": ".session", "Result": ".jobs.result",
     "GenerationParams": ".jobs.params", "StepState": ".sampling.base",
+    "RayExecutor": ".fanout",  # grids and batches on Ray workers (imported only when used: Ray is optional)
     "doctor": ".health",  # what this kernel can run: torch/CUDA, card, dtypes, memory, attention, widgets, disk
 }
 

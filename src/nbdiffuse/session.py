@@ -845,7 +845,8 @@ class Session:
         for module in (bundle.unet, bundle.vae, *bundle.text_encoders):
             module.to(self.device)
 
-    def txt2img(self, *, hooks: Sequence[Hook] | None = None, preview: int | None = None, **params) -> Result:
+    def txt2img(self, *, hooks: Sequence[Hook] | None = None, preview: int | None = None, executor=None,
+                **params) -> Result:
         """Generate images from text. Parameters are A1111's API fields (``prompt``, ``steps``, ``seed``, ...);
         ``enable_hr=True`` adds the hires-fix second pass, ``tiling=True`` makes seamless textures,
         ``preview=N`` shows a live x0 preview every N steps. ``width``/``height`` default to the model's native size
@@ -856,7 +857,13 @@ class Session:
         prompts encoded by the refiner's own text encoder (:mod:`nbdiffuse.jobs.refiner`);
         ``refiner_switch_by_sample_steps=True`` is A1111's older step rule, ``hires_fix_refiner_pass`` ("second
         pass", "first pass", "both passes") where it switches with hires fix. The refiner stays loaded beside the
-        model (both in memory) until ``unload()``."""
+        model (both in memory) until ``unload()``.
+
+        ``executor="ray"`` (or a :class:`nbdiffuse.RayExecutor`) runs the ``n_iter`` batches on Ray workers, one
+        per GPU (:mod:`nbdiffuse.fanout`): each batch has the seeds, noise and infotexts it would have here, and the
+        Result holds them in batch order."""
+        if executor is not None:
+            return self._txt2img_fanout(executor, hooks, preview, params)
         p, gen = self._txt2img_job(params, hooks, preview)
         return self._run(gen, p.total_steps, p.sampler_name)
 
@@ -1078,11 +1085,13 @@ class Session:
 
     # grids ------------------------------------------------------------------------------------------------
     def plan_xyz(self, x=None, y=None, z=None, *, limit_mp: float | None = 200.0, estimate: bool = True,
-                 **params):
+                 executor=None, **params):
         """Plan an X/Y/Z grid without generating: cells, image count, final sizes, grid pixels, time estimate.
 
         Refuses (``ValueError``, before any model call) a grid over ``limit_mp`` megapixels, saying how to fix it.
         Without ``width``/``height`` every cell is the loaded model's native size (a Checkpoint axis keeps it).
+        ``executor="ray"``: the plan starts the Ray workers and says how many there are, and the estimate is
+        measured on one of them, for the cells handed out to all of them.
         """
         from .jobs.xyz import plan_xyz
 
@@ -1090,54 +1099,101 @@ class Session:
         self._find_upscaler(params.get("hr_upscaler"))
         plan = plan_xyz(x, y, z, limit_mp=limit_mp, checkpoints=names.get("checkpoints"),
                         vaes=names.get("vae"), upscalers=self.upscalers.files, **self._sized(params))
-        if estimate and self.model is not None:
+        if executor is not None:
+            from .fanout import executor_for, makespan  # imported on call: the one-GPU path never imports Ray
+
+            ex = executor_for(self, executor)
+            plan.executor = ex.describe()
+            if estimate:
+                per_cell = ex.cell_seconds([plan.cells[key] for key in plan.order])
+                low, plan.seconds_estimate, high = (makespan([c[k] for c in per_cell], ex.workers) for k in range(3))
+                plan.seconds_range = (low, high)
+                plan.seconds_one_worker = sum(c[1] for c in per_cell)
+        elif estimate and self.model is not None:
             low, plan.seconds_estimate, high = self._estimate_seconds(plan)
             plan.seconds_range = (low, high)
         return plan
 
     def xyz(self, x=None, y=None, z=None, *, limit_mp: float | None = 200.0, save_grid: bool = True,
-            show: bool = True, **params):
+            show: bool = True, executor=None, **params):
         """Run an X/Y/Z grid: axes are ``(A1111 axis name, "value, string")`` or ``(name, [values])``.
 
         >>> grid = session.xyz(x=("Sampler", "Euler a, DPM++ 2M"), y=("CFG Scale", "3-9 (+3)"), prompt="a cat")
         ...                                                                      # doctest: +SKIP
         The grid shows inline and fills in cell by cell; an interrupted grid keeps its cells and can ``resume()``.
+        ``executor="ray"`` (or a :class:`nbdiffuse.RayExecutor`) runs whole cells on Ray workers, one per GPU
+        (:mod:`nbdiffuse.fanout`); they fill the grid as they finish, with the pictures a local run would make.
         """
         self._require_model()
-        plan = self.plan_xyz(x, y, z, limit_mp=limit_mp if save_grid else None, estimate=False, **params)
-        return self._run_grid(plan, save_grid, show)
+        plan = self.plan_xyz(x, y, z, limit_mp=limit_mp if save_grid else None, estimate=False,
+                             executor=executor, **params)
+        return self._run_grid(plan, save_grid, show, executor=executor)
 
-    def _run_grid(self, plan, save_grid: bool, show: bool, result=None):
-        """Run (or resume) a planned grid with :func:`~nbdiffuse.jobs.xyz.run_xyz`: each cell is a txt2img without
-        its own progress bar, after loading the checkpoint/VAE the cell names (``_load``) when it changes; the model
-        the grid started with is loaded again afterwards, also when it was interrupted."""
+    def _cell(self, cell: dict, loaded: dict) -> Result:
+        """One grid cell: a txt2img without its own progress bar, after loading the checkpoint/VAE the cell names
+        (``_load``) when it is not the one ``loaded`` says is in (``loaded`` is updated)."""
+        wanted = cell.get("_load", {})
+        if "model" in wanted and loaded.get("model") != wanted["model"]:
+            self.load(wanted["model"])
+            loaded["model"] = wanted["model"]
+        if "vae" in wanted and loaded.get("vae") != wanted["vae"]:
+            self.load_vae(wanted["vae"])
+            loaded["vae"] = wanted["vae"]
+        progress, self.progress = self.progress, False
+        try:
+            return self.txt2img(**{k: v for k, v in cell.items() if k != "_load"})
+        finally:
+            self.progress = progress
+
+    def _run_grid(self, plan, save_grid: bool, show: bool, result=None, executor=None):
+        """Run (or resume) a planned grid with :func:`~nbdiffuse.jobs.xyz.run_xyz`: here, each cell is
+        :meth:`_cell`, and the model the grid started with is loaded again afterwards, also when it was
+        interrupted; with an ``executor``, the cells run on its workers and their images are saved here."""
         from .jobs.xyz import run_xyz
 
         original = self.model
         loaded: dict = {}
+        run_cells = None
+        if executor is not None:
+            from .fanout import executor_for
 
-        def generate(cell: dict) -> Result:
-            wanted = cell.get("_load", {})
-            if "model" in wanted and loaded.get("model") != wanted["model"]:
-                self.load(wanted["model"])
-                loaded["model"] = wanted["model"]
-            if "vae" in wanted and loaded.get("vae") != wanted["vae"]:
-                self.load_vae(wanted["vae"])
-                loaded["vae"] = wanted["vae"]
-            progress, self.progress = self.progress, False
-            try:
-                return self.txt2img(**{k: v for k, v in cell.items() if k != "_load"})
-            finally:
-                self.progress = progress
+            ex = executor_for(self, executor)  # the same workers when they still hold this model
+            plan.executor = ex.describe()
+            self._control.interrupt.clear()
+            folder = self.outputs_dir / "txt2img-images" if self.outputs_dir is not None else None
+
+            def run_cells(items, notes):
+                return ex.run(items, control=self._control, notes=notes, save_to=folder)
 
         try:
-            grid = run_xyz(generate, plan, outputs_dir=self.outputs_dir, progress=self.progress,
-                           save_grid=save_grid, show=show, result=result)
+            grid = run_xyz(lambda cell: self._cell(cell, loaded), plan, outputs_dir=self.outputs_dir,
+                           progress=self.progress, save_grid=save_grid, show=show, result=result,
+                           run_cells=run_cells)
         finally:
             if loaded.get("model") is not None:
                 self.load(original if getattr(original, "path", None) is None else original.path)
-        grid._resume = lambda: self._run_grid(plan, save_grid, show, grid)
+        grid._resume = lambda: self._run_grid(plan, save_grid, show, grid, executor=executor)
         return grid
+
+    def _txt2img_fanout(self, executor, hooks, preview, params: dict) -> Result:
+        """txt2img's ``n_iter`` batches on an executor's workers, merged into one Result in batch order."""
+        from .fanout import executor_for, merge_results
+        from .sampling.noise import fix_seed, image_seeds
+
+        if hooks or preview:
+            raise ValueError("executor='ray': hooks and preview run in this kernel, and workers cannot call them. "
+                             "Fix: leave hooks/preview out for the fan-out, or run without executor.")
+        p = self._params(params)  # a bad parameter fails here, before any worker starts
+        ex = executor_for(self, executor)
+        seed, subseed = fix_seed(p.seed), fix_seed(p.subseed)
+        seeds, subseeds = image_seeds(seed, subseed, p.subseed_strength, p.total_images)
+        n = p.batch_size
+        items = [(b, {**params, "n_iter": 1, "seed": seeds[b * n], "subseed": subseeds[b * n]})
+                 for b in range(p.n_iter)]
+        self._control.interrupt.clear()
+        folder = self.outputs_dir / "txt2img-images" if self.outputs_dir is not None else None
+        return merge_results(ex.run(items, control=self._control, notes=(notes := []), save_to=folder), p,
+                             notes, progress=self.progress, show=self.progress)
 
     def _model_names(self) -> dict:
         models = getattr(self, "models", None)
@@ -1150,16 +1206,29 @@ class Session:
         return {kind: [getattr(m, "name", str(m)) for m in entries] for kind, entries in dict(listing).items()}
 
     def _estimate_seconds(self, plan) -> tuple[float, float, float]:
-        """``(low, typical, high)`` seconds for the plan's cells, from a short timed run at the first cell's size.
+        """``(low, typical, high)`` seconds for the plan's cells, from a short timed run at the first cell's size
+        (:meth:`_probe_costs`)."""
+        from .jobs.xyz import estimate_seconds
+
+        costs, fixed = self._probe_costs(next(iter(plan.cells.values())))
+        return estimate_seconds(plan.cells.values(), costs, fixed, upscalers=self.upscalers.files)
+
+    def _cell_seconds(self, cells: list) -> list[tuple[float, float, float]]:
+        """``(low, typical, high)`` seconds of each cell, from one probe at the first cell's size."""
+        from .jobs.xyz import estimate_seconds
+
+        costs, fixed = self._probe_costs(cells[0])
+        return [estimate_seconds([cell], costs, fixed, upscalers=self.upscalers.files) for cell in cells]
+
+    def _probe_costs(self, cell: dict) -> tuple[list[float], float]:
+        """``(seconds per model call per pixel-image, fixed seconds per pixel-image)`` measured on ``cell``'s size.
 
         The probe runs 5 Euler steps and times each step apart: the first (warm-up: allocations, kernel selection)
         is left out, the other four give the spread; model calls timed in this session's earlier jobs join them.
         """
         import time
 
-        from .jobs.xyz import estimate_seconds
-
-        first = {k: v for k, v in next(iter(plan.cells.values())).items() if k != "_load"}
+        first = {k: v for k, v in cell.items() if k != "_load"}
         probe = {**first, "steps": 5, "n_iter": 1, "enable_hr": False, "sampler_name": "Euler"}
         stamps: list[float] = []
         saved, self.outputs_dir = self.outputs_dir, None
@@ -1175,7 +1244,7 @@ class Session:
         costs = [(b - a) / pixel_images for a, b in zip(stamps[1:], stamps[2:])]
         costs += list(self._call_costs)
         fixed = max(elapsed - r.timings["sample_s"], 0.0) / pixel_images
-        return estimate_seconds(plan.cells.values(), costs, fixed, upscalers=self.upscalers.files)
+        return costs, fixed
 
     def __repr__(self) -> str:
         model = self.model.name if self.model is not None else "no model"

@@ -8,20 +8,21 @@ generates cell by cell (costly axes outermost), keeps every finished cell when i
 from __future__ import annotations
 
 import csv
+import html
 import io
 import itertools
 import math
 import os
 import random
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..io.grid import draw_grid, grid_layout
-from ..sampling.noise import MAX_SEED, resolve_randn_source
+from ..sampling.noise import MAX_SEED, fix_seed, resolve_randn_source
 from ..sampling.registry import SAMPLERS, resolve_sampler, suggest
 from ..sampling.schedules import resolve_schedule
 from .params import GenerationParams
@@ -255,6 +256,8 @@ class GridPlan:
     font_size: int = 24
     seconds_estimate: float | None = None
     seconds_range: tuple[float, float] | None = None  # what the measured spread of step times allows
+    executor: str | None = None  # where the cells run when not here ("2 Ray worker(s) on 1 machine(s) (...)")
+    seconds_one_worker: float | None = None  # the estimate for one worker, beside the executor's
 
     @property
     def count(self) -> int:
@@ -271,12 +274,18 @@ class GridPlan:
         return (f"<div><b>X/Y/Z plan</b>: {len(xs)} × {len(ys)} × {len(zs)} cells "
                 f"({xa.name} × {ya.name} × {za.name}), {self.count} images, cell sizes "
                 f"{', '.join(f'{w}x{h}' for w, h in sizes)}, grid {self.grid_mp:.1f} MP "
-                f"(limit {self.limit_mp} MP), estimated time {eta}</div>")
+                f"(limit {self.limit_mp} MP), estimated time {eta}{self._where()}</div>")
+
+    def _where(self) -> str:
+        if not self.executor:
+            return ""
+        one = f"; one worker: {_duration(self.seconds_one_worker, None)}" if self.seconds_one_worker else ""
+        return f" on {self.executor}{one}"
 
     def __repr__(self) -> str:
         (xa, xs), (ya, ys), (za, zs) = self.axes
         return (f"GridPlan({len(xs)}x{len(ys)}x{len(zs)} cells, {self.count} images, grid {self.grid_mp:.1f} MP, "
-                f"estimate {_duration(self.seconds_estimate, self.seconds_range)})")
+                f"estimate {_duration(self.seconds_estimate, self.seconds_range)}{self._where()})")
 
 
 def _round2(seconds: float) -> str:
@@ -341,8 +350,12 @@ def _axis_values(spec) -> tuple[Axis, list]:
 
 
 def plan_xyz(x=None, y=None, z=None, *, limit_mp: float | None = 200.0, checkpoints=None, vaes=None,
-             upscalers: Collection[str] = (), font_size: int | None = None, **params) -> GridPlan:
+             upscalers: Collection[str] = (), font_size: int | None = None, no_fixed_seeds: bool = False,
+             **params) -> GridPlan:
     """Parse the axes, build and validate every cell's parameters, size the grid; refuse an impossible grid.
+
+    A random ``seed``/``subseed`` (-1) is drawn once for the whole grid, as A1111's X/Y/Z plot does unless "Keep -1
+    for seeds" (``no_fixed_seeds=True``) is on: cells then differ only by their axes.
 
     ``checkpoints``/``vaes``: names that the Checkpoint name / VAE axes may use (None: those axes are refused).
     ``upscalers``: registered upscaler names that ``hr_upscaler`` and the Hires upscaler axis may use besides the
@@ -355,6 +368,8 @@ def plan_xyz(x=None, y=None, z=None, *, limit_mp: float | None = 200.0, checkpoi
         if axis.kind == "vae":
             _check_names(axis, values, vaes, "VAE")
     base = GenerationParams.from_kwargs(**params, known_upscalers=upscalers)  # the base before the cells
+    if not no_fixed_seeds:  # A1111: modules.processing.fix_seed(p) before the grid
+        params = {**params, "seed": fix_seed(base.seed), "subseed": fix_seed(base.subseed)}
     _refuse_too_many_cells(axes, base, limit_mp)
     base_dict = {**params}
     cells, sizes = {}, {}
@@ -450,6 +465,7 @@ class GridResult:
     grids: list = field(default_factory=list)
     interrupted: bool = False
     paths: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # what happened on the way (a worker died, a cell was retried...)
     _resume: Callable | None = None
 
     @property
@@ -480,7 +496,9 @@ class GridResult:
         import base64
 
         parts = [f"<div><b>X/Y/Z grid</b>: {self.done}/{len(self.plan.order)} cells"
-                 f"{' (interrupted: call .resume())' if self.interrupted else ''}</div>"]
+                 f"{' (interrupted: call .resume())' if self.interrupted else ''}"
+                 f"{f' on {html.escape(self.plan.executor)}' if self.plan.executor else ''}</div>"]
+        parts += [f'<div style="color:#b45309">&#9888; {html.escape(n)}</div>' for n in self.notes]
         for g in self.grids:
             buf = io.BytesIO()
             g.save(buf, format="PNG")
@@ -532,28 +550,32 @@ __all__ = ["AXES", "Axis", "GridPlan", "GridResult", "assemble", "estimate_secon
 
 def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: str | os.PathLike | None = None,
             progress: bool = True, save_grid: bool = True, show: bool = True,
-            result: GridResult | None = None) -> GridResult:
+            result: GridResult | None = None, run_cells: Callable | None = None) -> GridResult:
     """Generate the planned cells (skipping those already in ``result``), updating one inline display.
 
     ``generate(cell) -> Result`` makes one cell: ``cell`` is txt2img parameters plus, under ``"_load"``, the
     checkpoint/VAE the cell needs (``Session.xyz`` passes one that switches them and runs ``session.txt2img``).
+    ``run_cells(items, notes)``, when given, runs the ``(key, cell)`` items elsewhere instead (an executor's: Ray
+    workers), yielding ``(key, Result)`` as they finish, in any order, and appending what happened to ``notes``.
     The grid images are saved under ``outputs_dir/txt2img-grids`` (None: not saved); ``progress`` shows a bar.
+    A cell left empty (interrupted, or lost with a worker) leaves the grid ``interrupted``: ``resume()`` runs it.
     """
     (xa, xs), (ya, ys), (za, zs) = plan.axes
     if result is None:
         result = GridResult(plan, [[[None for _ in zs] for _ in ys] for _ in xs])
     result.interrupted = False
-    handle = _display_handle() if show else None
+    handle = _display_handle(plan.executor) if show else None
     todo = [key for key in plan.order if result.cells[key[0]][key[1]][key[2]] is None]
+    items = [(key, plan.cells[key]) for key in todo]
+    stream = run_cells(items, result.notes) if run_cells is not None else _one_by_one(generate, items)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(plan.order), initial=len(plan.order) - len(todo), desc="X/Y/Z grid", disable=not progress)
     try:
-        for ix, iy, iz in todo:
-            r = generate(plan.cells[(ix, iy, iz)])
-            if r.interrupted:
+        for (ix, iy, iz), r in stream:
+            if r.interrupted:  # stopped part-way: not a cell of the grid
                 result.interrupted = True
-                break
+                continue
             result.cells[ix][iy][iz] = r
             bar.update(1)
             if handle is not None:
@@ -562,7 +584,9 @@ def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: 
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
+        stream.close()
         bar.close()
+    result.interrupted = result.interrupted or result.done < len(plan.order)
     result.grids = assemble(result)
     if handle is not None:
         handle.update(result.grids[0] if len(result.grids) == 1 else result)
@@ -577,7 +601,16 @@ def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: 
     return result
 
 
-def _display_handle():
+def _one_by_one(generate: Callable[[dict], Result], items: list) -> Iterator[tuple]:
+    """The local run: cells in plan order, stopping after an interrupted one."""
+    for key, cell in items:
+        r = generate(cell)
+        yield key, r
+        if r.interrupted:
+            return
+
+
+def _display_handle(where: str | None = None):
     try:
         from IPython import get_ipython
         from IPython.display import display
@@ -585,4 +618,4 @@ def _display_handle():
         return None
     if get_ipython() is None:
         return None
-    return display("X/Y/Z grid: waiting for the first cell…", display_id=True)
+    return display(f"X/Y/Z grid: waiting for the first cell{f' (on {where})' if where else ''}…", display_id=True)
