@@ -137,10 +137,10 @@ def check_models(session=None, models_dir=None) -> str:
     candidates = [Path(folder).expanduser()] if folder else [Path("models"), Path.home() / "stable-diffusion-webui",
                                                               Path.home() / "ComfyUI"]
     for path in candidates:
-        if path.is_dir():
-            found = ModelFolders(path).all()
-            counts = ", ".join(f"{len(v)} {k}" for k, v in found.items() if v) or "no model files"
-            return f"{path}: {counts}"
+        if path.is_dir() or path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+            folders = ModelFolders(path)
+            counts = ", ".join(f"{len(v)} {k}" for k, v in folders.all().items() if v) or "no model files"
+            return f"{path}: {counts} (sources read: {' | '.join(folders.summary())})"
     where = " or ".join(str(p) for p in candidates)
     return (f"no models folder at {where}: pass Session(models_dir=...) (an A1111 or ComfyUI folder), or load a file "
             "with session.load(path)")

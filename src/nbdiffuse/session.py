@@ -290,13 +290,24 @@ class Session:
 
     @property
     def folders(self):
-        """The :class:`~nbdiffuse.models.folders.ModelFolders` of ``models_dir`` (``None`` without one)."""
-        if self.models_dir is None:
-            return None
+        """The :class:`~nbdiffuse.models.folders.ModelFolders` of ``models_dir``: its A1111/ComfyUI folders, the
+        ``extra_model_paths.yaml`` and ``COMMANDLINE_ARGS`` folders it points to, and the diffusers pipelines in the
+        Hugging Face cache. Without ``models_dir``: the first ``extra_model_paths.yaml`` in the environment variable
+        ``NBDIFFUSE_EXTRA_MODEL_PATHS`` when there is one (a platform's data disk), else ``None`` (no models by
+        name; the Hugging Face cache is read only with a ``models_dir``, which may also be that cache)."""
         if self._folders is None:
             from .models.folders import ModelFolders
 
-            self._folders = ModelFolders(self.models_dir)
+            where = self.models_dir
+            if where is None:
+                import os
+
+                env = [Path(p.strip()).expanduser() for p in os.environ.get("NBDIFFUSE_EXTRA_MODEL_PATHS", "")
+                       .split(os.pathsep) if p.strip()]
+                where = env[0] if env and env[0].is_file() else None
+            if where is None:
+                return None
+            self._folders = ModelFolders(where)
         return self._folders
 
     def models(self) -> dict[str, list[str]]:

@@ -103,6 +103,15 @@ def _load_tokenizer(root: Path, sub: str, kind: str, info_list: list):
     return tok
 
 
+def _folder_name(root: Path) -> str:
+    """A folder's model name: its own name, or ``org/name`` for a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<commit>``), whose own name is a commit hash."""
+    root = root.resolve()
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root.parent.parent.name[len("models--"):].replace("--", "/")
+    return root.name
+
+
 def load_diffusers_folder(path, *, device="cpu", dtype=torch.float32) -> ModelBundle:
     """Load a local diffusers Stable Diffusion folder (SD1, SD2 or SDXL) with ``local_files_only``.
 
@@ -225,4 +234,4 @@ def load_diffusers_folder(path, *, device="cpu", dtype=torch.float32) -> ModelBu
     }
     return ModelBundle(unet=unet, vae=vae, text_encoders=text_encoders, tokenizers=tokenizers, arch=arch,
                        prediction_type=prediction_type, alphas_cumprod=alphas_cumprod,
-                       name=root.resolve().name, path=str(root), hash=None, info=info)
+                       name=_folder_name(root), path=str(root), hash=None, info=info)
