@@ -128,6 +128,8 @@ def test_is_default_section_comes_first_and_absolute_paths_ignore_base_path(tmp_
 
 
 def test_yaml_without_base_path_is_relative_to_its_folder_and_found_by_env_var(tmp_path, monkeypatch):
+    from nbdiffuse import Session
+
     touch(tmp_path / "disk", "models/ckpt/far.safetensors")
     yaml_file = write(tmp_path / "disk" / "paths.yaml", "mine:\n  checkpoints: models/ckpt\n")
     touch(tmp_path, "webui/models/Stable-diffusion/near.safetensors")
@@ -135,6 +137,8 @@ def test_yaml_without_base_path_is_relative_to_its_folder_and_found_by_env_var(t
     f = ModelFolders(tmp_path / "webui")
     assert f.list("checkpoints") == ["far.safetensors", "near.safetensors"]
     assert f"missing config {tmp_path / 'gone.yaml'}" in repr(f)
+    # a platform that sets the variable needs no models_dir at all
+    assert Session(device="cpu", outputs_dir=None).models()["checkpoints"] == ["far.safetensors"]
 
 
 @pytest.mark.parametrize("text,line,what", [
@@ -292,12 +296,17 @@ def test_session_loads_checkpoint_vae_and_lora_tags_through_yaml_and_commandline
     save_file({k.removeprefix("first_stage_model."): v for k, v in full.items() if k.startswith("first_stage_model.")},
               str(disk / "vae" / "other.vae.safetensors"))
     _lora(disk / "loras" / "detail.safetensors")
+    g = torch.Generator().manual_seed(1)
+    for folder, name in ((comfy / "models" / "embeddings", "own"), (disk / "embeddings", "shinystyle")):
+        folder.mkdir(parents=True)
+        torch.save({"string_to_param": {"*": torch.randn(2, 32, generator=g)}}, folder / f"{name}.pt")
     write(comfy / "extra_model_paths.yaml", f"""\
         disk:
             base_path: {disk}
             checkpoints: ckpt
             vae: vae
             loras: loras
+            embeddings: embeddings
         """)
     s = Session(device="cpu", outputs_dir=None, progress=False, models_dir=comfy)
     assert s.load("tiny").name == "tiny"
@@ -309,6 +318,9 @@ def test_session_loads_checkpoint_vae_and_lora_tags_through_yaml_and_commandline
     assert "detail" in fields["Lora hashes"] and fields["VAE"] == "other.vae"
     with pytest.raises(ModelLoadError, match="did you mean 'detail.safetensors'"):
         s.folders.find("loras", "detial")
+    # embeddings from every source: ComfyUI's own folder and the yaml's
+    both = infotext.parse(s.txt2img(prompt="own shinystyle", **BASE).infotexts[0])["TI hashes"]
+    assert "own:" in both and "shinystyle:" in both
 
     # the same folders through A1111's flags
     webui = tmp_path / "webui"

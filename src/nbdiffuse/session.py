@@ -392,7 +392,8 @@ class Session:
         return bundle
 
     def _embeddings_for(self, bundle: ModelBundle):
-        """The textual-inversion embeddings of ``models_dir`` that fit ``bundle`` (None without a folder)."""
+        """The textual-inversion embeddings of every embeddings folder of ``models_dir`` (and the folders its
+        configs name, in lookup order) that fit ``bundle`` (None without a folder)."""
         if self.folders is None:
             return None
         from .models.embeddings import load_embeddings
@@ -400,7 +401,7 @@ class Session:
         folders = self.folders.folders("embeddings")
         if not folders:
             return None
-        return load_embeddings(folders[0], bundle=bundle)
+        return load_embeddings(folders, bundle=bundle)
 
     @_exclusive("loading a VAE")
     def load_vae(self, vae: str | Path | torch.nn.Module | None) -> ModelBundle:

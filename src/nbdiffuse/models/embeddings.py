@@ -297,19 +297,22 @@ def find_embedding_at(table, tokens, offset: int) -> tuple[Embedding | None, int
 
 def load_embeddings(folder, bundle=None, widths: tuple[int, ...] | None = None, hash: bool = True) -> EmbeddingDB:
     """Every ``.pt``/``.bin``/``.safetensors`` embedding under ``folder`` (recursively, sorted by path; other
-    files are ignored), named by file stem. With ``bundle`` (or ``widths``) each is checked against the text
-    encoders and incompatible ones land in ``db.skipped`` with the reason; unreadable files in ``db.errors``.
-    When two files share a stem the first (by path) wins and the other is listed in ``errors``."""
+    files are ignored), named by file stem; ``folder`` may be a list of folders, read in its order. With ``bundle``
+    (or ``widths``) each is checked against the text encoders and incompatible ones land in ``db.skipped`` with
+    the reason; unreadable files in ``db.errors``. When two files share a stem the first (by folder, then path)
+    wins and the other is listed in ``errors``."""
     if bundle is not None and widths is None:
         widths = embedding_widths(bundle)
     db = EmbeddingDB(widths=tuple(widths) if widths is not None else None)
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"embeddings folder not found: {folder}")
+    folders = [Path(f) for f in folder] if isinstance(folder, (list, tuple)) else [Path(folder)]
     files = []
-    for root, dirs, names in os.walk(folder):
-        dirs.sort()
-        files += [Path(root) / n for n in sorted(names) if n.lower().endswith(EXTENSIONS) and not n.startswith(".")]
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"embeddings folder not found: {folder}")
+        for root, dirs, names in os.walk(folder):
+            dirs.sort()
+            files += [Path(root) / n for n in sorted(names)
+                      if n.lower().endswith(EXTENSIONS) and not n.startswith(".")]
     seen: dict[str, Path] = {}
     for file in files:
         if file.stem in seen:
