@@ -103,7 +103,7 @@ def test_comfyui_yaml_sections_multiline_entries_and_relative_base_path(shared_d
                                   disk / "lora"]
     text = repr(f)
     assert "extra_model_paths.yaml [a111]: 1 checkpoints, 2 loras, 1 vae, 1 embeddings, 1 upscalers" in text
-    assert f"missing loras folder {disk / 'not-there'} (extra_model_paths.yaml line 21)" in text
+    assert f"missing loras folder {disk / 'not-there'} (extra_model_paths.yaml line 23)" in text
     assert "not read (not models nbdiffuse loads): configs, controlnet" in text
     assert "not read (not models nbdiffuse loads): clip" in text
     assert f"models_dir {comfy}: 1 checkpoints, 1 loras" in text

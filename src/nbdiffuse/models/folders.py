@@ -149,9 +149,10 @@ def read_extra_model_paths(path) -> list[ModelSource]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}, line 1: expected sections (a mapping like 'comfyui:'), got a "
                          f"{type(data).__name__}; {fix}")
-    lines = {}  # section -> (its line, {key: line})
+    lines = {}  # section -> (its line, {key: (line, whether its value is a block: one folder per line after it)})
     for key, value in root.value:
-        keys = {k.value: k.start_mark.line + 1 for k, _ in value.value} if isinstance(value, yaml.MappingNode) else {}
+        keys = {k.value: (k.start_mark.line + 1, getattr(v, "style", None) in ("|", ">"))
+                for k, v in value.value} if isinstance(value, yaml.MappingNode) else {}
         lines[key.value] = (key.start_mark.line + 1, keys)
     yaml_dir = _norm(path).parent
     sources = []
@@ -174,13 +175,14 @@ def read_extra_model_paths(path) -> list[ModelSource]:
             kind = COMFY_KINDS.get(str(key))
             if value is None:
                 continue
+            key_line, block = key_lines.get(str(key), (line, False))
             if not isinstance(value, str):
-                raise ValueError(f"{path}, line {key_lines.get(str(key), line)}: {section}.{key} must be a folder, "
+                raise ValueError(f"{path}, line {key_line}: {section}.{key} must be a folder, "
                                  f"or a '|' block of folders one per line; got {value!r}; {fix}")
             if kind is None:
                 src.ignored.append(str(key))
                 continue
-            for entry in value.split("\n"):
+            for i, entry in enumerate(value.split("\n")):
                 entry = entry.strip()
                 if not entry:
                     continue
@@ -188,7 +190,7 @@ def read_extra_model_paths(path) -> list[ModelSource]:
                                                entry if os.path.isabs(entry) else yaml_dir / entry))
                 src.folders.setdefault(kind, []).append(folder)
                 if not folder.is_dir():
-                    src.missing.append((kind, folder, f"{path.name} line {key_lines.get(str(key), line)}"))
+                    src.missing.append((kind, folder, f"{path.name} line {key_line + i + block}"))
         sources.append(src)
     return sources
 
@@ -284,7 +286,8 @@ def hf_hub_cache() -> Path:
 
 
 def _is_hf_cache(folder: Path) -> bool:
-    return folder.is_dir() and ((folder / "version.txt").is_file() or any(folder.glob("models--*")))
+    return folder.is_dir() and (any(folder.glob("models--*")) or
+                                (folder.name == "hub" and (folder / "version.txt").is_file()))
 
 
 def hf_pipelines(cache) -> list[tuple[str, Path]]:
