@@ -6,6 +6,14 @@ from nbdiffuse.models.errors import ModelLoadError
 from nbdiffuse.models.folders import ModelFolders
 
 
+@pytest.fixture(autouse=True)
+def _no_other_sources(tmp_path, monkeypatch):
+    """Only the folders made here: not this machine's Hugging Face cache, A1111 arguments or extra yaml."""
+    for var in ("HUGGINGFACE_HUB_CACHE", "HF_HOME", "COMMANDLINE_ARGS", "NBDIFFUSE_EXTRA_MODEL_PATHS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))
+
+
 def touch(root, *rels):
     for rel in rels:
         p = root / rel
