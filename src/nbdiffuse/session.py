@@ -119,7 +119,9 @@ class Session:
     What you can do with it:
 
     - **Models**: ``load(path | name | "toy")``, ``load_vae(...)``, ``unload()``, ``models()`` (what the models
-      folder holds), ``model`` (the loaded :class:`~nbdiffuse.models.ModelBundle`; ``model.native_size``),
+      folders hold; ``models_dir`` may be an A1111/ComfyUI folder, an ``extra_model_paths.yaml`` or a Hugging Face
+      cache: :mod:`nbdiffuse.models.folders`), ``model`` (the loaded :class:`~nbdiffuse.models.ModelBundle`;
+      ``model.native_size``),
       ``upscalers`` (``upscalers.register(path)`` makes an ESRGAN-family file an ``hr_upscaler`` name).
     - **Generate** with A1111's API fields: ``txt2img(...)``, ``img2img(init_images, ...)``, ``loopback(...)``,
       ``hires_fix(result)`` (A1111's ✨); each returns a :class:`~nbdiffuse.Result` and saves under ``outputs_dir``.
@@ -340,8 +342,10 @@ class Session:
     def load(self, model: str | Path | ModelBundle, *, hash: bool = True) -> ModelBundle:
         """Load a model and make it current: a :class:`ModelBundle`, a single-file checkpoint (``.safetensors``;
         ``.ckpt``/``.pt`` through ``torch.load(weights_only=True)`` only), a diffusers folder, a name in the
-        checkpoints folder of ``models_dir`` (A1111 ``models/Stable-diffusion`` or ComfyUI ``models/checkpoints``),
-        or ``"toy"`` (the embedded toy model; ``"toy-inpainting"``: its inpainting variant, a 9-channel UNet).
+        checkpoints folder of ``models_dir`` (A1111 ``models/Stable-diffusion`` or ComfyUI ``models/checkpoints``,
+        and the folders its ``extra_model_paths.yaml`` / ``COMMANDLINE_ARGS`` name), a diffusers pipeline already in
+        the Hugging Face cache by repo id (``"org/name"``, never downloaded), or ``"toy"`` (the embedded toy
+        model; ``"toy-inpainting"``: its inpainting variant, a 9-channel UNet).
         ``hash=False`` skips the ``Model hash``; a file's first-time hash
         is computed in the background while the first job runs (its infotext waits only if the job ends first).
 
