@@ -181,10 +181,12 @@ def test_commandline_args_env_var_data_dir_and_models_dir(tmp_path, monkeypatch)
     webui, data = tmp_path / "webui", tmp_path / "data"
     touch(webui, "webui.sh", "launch.py")
     touch(data, "models/Stable-diffusion/a.safetensors", "embeddings/neg.pt", "models/hypernetworks/h.pt")
-    monkeypatch.setenv("COMMANDLINE_ARGS", f"--data-dir {data} --unknown-flag x")
+    monkeypatch.setenv("COMMANDLINE_ARGS", f"--data-dir {data} --unknown-flag x --ckpt ../one/z.ckpt")
+    touch(tmp_path, "one/z.ckpt")
     f = ModelFolders(webui)
-    assert f.all() == {"checkpoints": ["a.safetensors"], "loras": [], "vae": [], "embeddings": ["neg.pt"],
+    assert f.all() == {"checkpoints": ["a.safetensors", "z.ckpt"], "loras": [], "vae": [], "embeddings": ["neg.pt"],
                        "upscalers": [], "hypernetworks": ["h.pt"]}
+    assert f.find("checkpoints", "z") == tmp_path / "one/z.ckpt"  # --ckpt: one more file, by its name
     # --models-dir overrides <data-dir>/models; embeddings stay in <data-dir>/embeddings (A1111 1.10)
     touch(tmp_path, "elsewhere/Stable-diffusion/b.safetensors")
     monkeypatch.setenv("COMMANDLINE_ARGS", f"--data-dir={data} --models-dir {tmp_path / 'elsewhere'}")

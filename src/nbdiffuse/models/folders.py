@@ -21,7 +21,7 @@ Models elsewhere (a platform's data disk) are found through the configs A1111 an
 folder they name is a *source*, and a name is looked up in this order (the first folder holding it wins):
 
 1. sections of ComfyUI's ``extra_model_paths.yaml`` with ``is_default: true`` (ComfyUI puts their folders first);
-2. A1111's folder flags in ``COMMANDLINE_ARGS`` (``--ckpt-dir``, ``--lora-dir``, ``--data-dir``...): from
+2. A1111's folder flags in ``COMMANDLINE_ARGS`` (``--ckpt-dir``, ``--lora-dir``, ``--data-dir``, ``--ckpt``...): from
    ``webui-user.sh``/``webui-user.bat`` in the root, else the environment variable when the root is an A1111
    install;
 3. the layouts above under ``models_dir``;
@@ -118,6 +118,7 @@ class ModelSource:
     ignored: list[str] = field(default_factory=list)
     first: bool = False  # a ComfyUI section with is_default: its folders go before everything else
     hf_cache: Path | None = None
+    checkpoint: Path | None = None  # A1111's --ckpt: one file, listed first by its file name
 
 
 def _norm(path) -> Path:
@@ -198,7 +199,8 @@ def read_extra_model_paths(path) -> list[ModelSource]:
 def _flag_values(argv: list[str]) -> dict[str, str]:
     """The values of A1111's folder flags in ``argv`` (``--flag value`` or ``--flag=value``; the last one wins,
     as with argparse); other flags are ignored."""
-    known = {flag for _, flag, _, _ in A1111_FLAGS} | {"--data-dir", "--models-dir"} | set(A1111_FLAG_ALIASES)
+    known = {flag for _, flag, _, _ in A1111_FLAGS} | {"--data-dir", "--models-dir", "--ckpt"} | \
+        set(A1111_FLAG_ALIASES)
     out = {}
     for i, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
@@ -367,6 +369,10 @@ class ModelFolders:
                                     for flag, named in flags.items() if named == f]
             src.missing += [(flag, f, where) for flag, f in flags.items()
                             if flag in ("--data-dir", "--models-dir") and not f.is_dir()]
+            if "--ckpt" in flags:  # A1111 adds this file to its checkpoint list, first, by its file name
+                src.checkpoint = flags["--ckpt"]
+                if not src.checkpoint.is_file():
+                    src.missing.append(("--ckpt", src.checkpoint, where))
             src.label += f": {' '.join(f'{k} {v}' for k, v in flags.items())}" if flags else ": no folder flags"
             self.sources.append(src)
         self.sources.append(ModelSource(f"models_dir {self.root}", folders=own))
@@ -417,6 +423,10 @@ class ModelFolders:
                 seen.add(name)
                 out.append((name, path, src))
 
+        if kind == "checkpoints":
+            for src in self.sources:
+                if src.checkpoint is not None and src.checkpoint.is_file():
+                    add(src.checkpoint.name, src.checkpoint, src)
         for folder, src in self._folders(kind):
             for file in sorted(folder.rglob("*")):
                 if file.is_file() and file.suffix.lower() in exts and not file.name.startswith("."):
@@ -488,8 +498,9 @@ class ModelFolders:
         lines = []
         for src in self.sources:
             text = ", ".join(f"{n} {k}" for k, n in counts[id(src)].items()) or "no models"
-            text += "".join(f"; missing {kind} folder {path} ({where})" if kind != "config" else
-                            f"; missing config {path}" for kind, path, where in src.missing)
+            text += "".join(f"; missing config {path}" if kind == "config" else f"; missing {kind} {path} ({where})"
+                            if kind == "--ckpt" else f"; missing {kind} folder {path} ({where})"
+                            for kind, path, where in src.missing)
             if src.ignored:
                 text += f"; not read (not models nbdiffuse loads): {', '.join(src.ignored)}"
             lines.append(f"{src.label}: {text}")
