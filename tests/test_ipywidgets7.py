@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -22,8 +23,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENT = "ipywidgets==7.7.1"
 VERSION = REQUIREMENT.split("==")[1]
-#: The widget tests: the panel driven from Python (tabs, uploads, gallery, inpainting, extras), no browser.
-MODULES = ["tests/test_panel.py", "tests/test_inpaint_panel.py", "tests/test_extras_panel.py"]
+#: The widget tests: the panel driven from Python (tabs, uploads, gallery, inpainting, extras), no browser; and the
+#: outputs of a notebook run in a kernel of the venv (the panel's display data, HTML fallbacks) exported to HTML.
+MODULES = ["tests/test_panel.py", "tests/test_inpaint_panel.py", "tests/test_extras_panel.py",
+           "tests/test_html_fallback.py"]
 #: Skips that are not about ipywidgets (a machine without node cannot check the painter's JavaScript syntax).
 ALLOWED_SKIPS = ("node is not installed",)
 
@@ -37,9 +40,16 @@ print(pathlib.Path(nbdiffuse.__file__).resolve())
 """
 
 
-def _env() -> dict:
-    """This checkout's src first on the path, whatever nbdiffuse the system site-packages point at."""
+def _env(venv: Path | None = None) -> dict:
+    """This checkout's src first on the path, whatever nbdiffuse the system site-packages point at; with ``venv``,
+    its ``python`` first on PATH (the installed kernelspec runs ``python -m ipykernel_launcher``)."""
     env = dict(os.environ)
+    if venv is not None:
+        env["PATH"] = os.pathsep.join([str(_python(venv).parent), env.get("PATH", "")])
+        env["VIRTUAL_ENV"] = str(venv)
+        # nbconvert's templates (and kernelspecs) are data files of this environment, which a venv does not search
+        data = str(Path(sysconfig.get_path("data")) / "share" / "jupyter")
+        env["JUPYTER_PATH"] = os.pathsep.join([data, *filter(None, [env.get("JUPYTER_PATH")])])
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
@@ -50,7 +60,8 @@ def _python(venv: Path) -> Path:
 
 
 def _check(venv: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(_python(venv)), "-c", CHECK], capture_output=True, text=True, env=_env(), cwd=ROOT)
+    return subprocess.run([str(_python(venv)), "-c", CHECK], capture_output=True, text=True, env=_env(venv),
+                          cwd=ROOT)
 
 
 def _build(path: Path) -> None:
@@ -96,7 +107,7 @@ def test_the_panels_unit_tests_pass_on_ipywidgets_7(venv, tmp_path):
     report = tmp_path / "junit.xml"
     run = subprocess.run([str(_python(venv)), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W",
                           "ignore::DeprecationWarning", f"--junitxml={report}", *MODULES],
-                         capture_output=True, text=True, cwd=ROOT, env=_env())
+                         capture_output=True, text=True, cwd=ROOT, env=_env(venv))
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 
     cases = ET.parse(report).getroot().iter("testcase")

@@ -60,6 +60,9 @@ EN = {
     "upload_help": "Choose the init image and a mask PNG: white = inpaint (a mask with transparency uses its alpha).",
     "no_mask": "Paint the area to inpaint on the image first (or use “Inpaint upload” with a mask PNG).",
     "no_mask_upload": "Upload a mask PNG first (white = inpaint).",
+    "no_frontend": "The nbdiffuse panel shows only where Jupyter widgets render (JupyterLab or Notebook 7 with "
+                   "jupyterlab_widgets, VS Code's Jupyter extension, Colab); here they do not. Run the same job "
+                   "from code: the current settings are",
     "extras_help": "Upscales a picture as A1111's Extras tab does (its “Upscale” part; face restoration is not "
                    "available yet) and saves it under extras-images/.",
     "extras_image": "Source", "extras_resize_mode": "Resize", "scale_by": "Scale by", "scale_to": "Scale to",
@@ -124,6 +127,8 @@ ZH = {
     "upload_help": "选择初始图像和蒙版 PNG：白色为重绘区域（带透明度的蒙版使用其透明通道）。",
     "no_mask": "请先在图像上涂抹要重绘的区域（或用“上传重绘蒙版”上传蒙版 PNG）。",
     "no_mask_upload": "请先上传蒙版 PNG（白色为重绘区域）。",
+    "no_frontend": "nbdiffuse 控制面板只在能显示 Jupyter 小部件的前端中显示（装有 jupyterlab_widgets 的 JupyterLab 或 "
+                   "Notebook 7、VS Code 的 Jupyter 扩展、Colab），此处不能显示。可用代码运行同样的任务，当前设置为",
     "extras_help": "按 A1111 后期处理页面的方式放大图像（其“放大”部分；面部修复暂不可用），保存到 extras-images/。",
     "extras_image": "源图像 (Source)", "extras_resize_mode": "缩放方式 (Resize)", "scale_by": "等比缩放 (Scale by)",
     "scale_to": "指定尺寸 (Scale to)", "upscaling_resize": "缩放比例 (Resize)",

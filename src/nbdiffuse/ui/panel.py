@@ -79,6 +79,15 @@ def _upload_files(value) -> list[tuple[str, bytes]]:
     return out
 
 
+def _widget_view(widget: w.Widget) -> dict:
+    """The display data that shows ``widget``'s view, as ipywidgets 8 (``_repr_mimebundle_``) and 7.x
+    (``_ipython_display_``) both make it; none once the widget is closed."""
+    if getattr(widget, "comm", None) is None or widget._view_name is None:
+        return {}
+    return {"application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
+                                                         "model_id": widget.model_id}}
+
+
 class Panel:
     """A1111's txt2img and img2img screens for a :class:`~nbdiffuse.Session`, in the notebook, with no server.
 
@@ -389,10 +398,17 @@ class Panel:
         """Close every widget of the panel (frees front-end state)."""
         close_tree(self.widget)
 
-    def _ipython_display_(self, **kwargs):
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict:
+        """The panel's widget view and, for front ends that render no widgets (VS Code offline, nbconvert's HTML,
+        some SageMaker set-ups), text saying so with the ``session.txt2img(...)`` call for the current settings.
+        Front ends with a widget manager rank the view first (as ipympl's figures, which add a PNG)."""
+        note = self.t["no_frontend"]
+        return {
+            **_widget_view(self.widget),
+            "text/plain": f"{note}:\n{self.code}",
+            "text/html": (f'<div class="nbdiffuse-no-widgets"><p>{html.escape(note)}:</p>'
+                          f"<pre>{html.escape(self.code)}</pre></div>"),
+        }
 
     def __repr__(self) -> str:
         return f"Panel({self.session!r}, lang={self.lang!r})"

@@ -29,9 +29,9 @@ from ..sampling.base import run_to_end
 
 
 def _figure(**kwargs):
-    from matplotlib.figure import Figure
+    from ._figure import NotebookFigure  # matplotlib is imported when a figure is made, not with the package
 
-    return Figure(**kwargs)
+    return NotebookFigure(**kwargs)
 
 
 def _latent(latents, index: int = 0) -> torch.Tensor:
