@@ -58,6 +58,20 @@ def fan(cluster, tmp_path_factory):
     ex.shutdown()
 
 
+LONG = dict(GRID, x=("Seed", "1, 2, 3, 4"), steps=30)  # eight cells long enough to stop or kill a worker mid-grid
+
+
+@pytest.fixture(scope="module")
+def long_local(fan):
+    """LONG run here, with a worker's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return local_grid(fan[0], **LONG)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def one_thread():
     """The local reference runs with a worker's thread count: a float sum's order depends on it."""
@@ -158,10 +172,10 @@ def _wait(predicate, timeout=120.0):
     return False
 
 
-def test_stop_keeps_finished_cells_and_resume_completes_them(fan, one_thread, tmp_path):
+def test_stop_keeps_finished_cells_and_resume_completes_them(fan, long_local, tmp_path):
     session, ex = fan
     session.outputs_dir = out = tmp_path / "stop"
-    grid_kw = dict(GRID, x=("Seed", "1, 2, 3, 4"), steps=40)
+    grid_kw = LONG
     pngs = lambda: list(out.rglob("*.png"))  # noqa: E731 - the driver saves each cell as it arrives
 
     def stop():
@@ -175,7 +189,7 @@ def test_stop_keeps_finished_cells_and_resume_completes_them(fan, one_thread, tm
     t.join()
     assert grid.interrupted and 1 <= grid.done < 8
     assert not list((out / "txt2img-grids").rglob("*.png"))  # an unfinished grid is not saved
-    local = local_grid(session, x=grid_kw["x"], steps=40)
+    local = long_local
     done = [(k, r) for k, r in cells(grid) if r is not None]
     for key, r in done:
         assert_same_cell(r, local.cells[key[0]][key[1]][key[2]])
@@ -187,9 +201,9 @@ def test_stop_keeps_finished_cells_and_resume_completes_them(fan, one_thread, tm
         assert_same_cell(a, b)
 
 
-def test_a_killed_worker_loses_only_its_cell_which_is_retried_elsewhere(fan, one_thread):
+def test_a_killed_worker_loses_only_its_cell_which_is_retried_elsewhere(fan, long_local):
     session, ex = fan
-    grid_kw = dict(GRID, x=("Seed", "1, 2, 3, 4"), steps=40)
+    grid_kw = LONG
     killed = {}
 
     def kill():
@@ -208,7 +222,7 @@ def test_a_killed_worker_loses_only_its_cell_which_is_retried_elsewhere(fan, one
     assert "died" in grid._repr_html_()
     ix, iy, iz = killed["key"]
     assert grid.cells[ix][iy][iz].timings["worker"] == 1  # the retry ran elsewhere
-    local = local_grid(session, x=grid_kw["x"], steps=40)
+    local = long_local
     for (key, a), (local_key, b) in zip(cells(grid), cells(local)):
         assert key == local_key
         assert_same_cell(a, b)
@@ -265,3 +279,14 @@ def test_without_ray_the_error_says_how_to_install_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert 'pip install "nbdiffuse[ray]"' in out.stdout
+
+
+def test_the_fanout_benchmark_runs(fan):
+    """benchmarks/fanout.py --smoke on this module's Ray (its workers stopped first, to free the CPU slots)."""
+    import runpy
+
+    fan[1].shutdown()
+    bench = runpy.run_path(str(Path(__file__).resolve().parent.parent / "benchmarks" / "fanout.py"))
+    out = bench["main"](["--smoke", "--workers", "2"])
+    assert out["ray2_bit_identical"]
+    assert out["ray2_cells_per_s"] > 0 and 0 < out["ray2_overhead_s"] < 5 and out["pickle_bytes"] > 1000
