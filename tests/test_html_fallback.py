@@ -225,3 +225,74 @@ def test_data_uris_are_checked_as_pngs():
         _png("data:image/jpeg;base64,AAAA")
     with pytest.raises((AssertionError, binascii.Error)):
         _png("data:image/png;base64," + base64.b64encode(b"not a png").decode())
+
+
+# ------------------------------------------------------------------------------ real-sized pictures stay under 1 MB
+
+@pytest.fixture(scope="module")
+def photo():
+    """A 512x512 photograph (about 420 KB as PNG, as a generation of that size is)."""
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+def _bundle(obj) -> dict:
+    """What IPython sends for ``obj`` last in a cell (the message's data)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(obj)
+    return data
+
+
+def _shown(html_text: str) -> list[Image.Image]:
+    parser = _Outputs()
+    parser._cell, parser._divs = "x", ["output"]
+    parser.feed(html_text)
+    images = []
+    for src in parser.images["x"]:
+        head, _, data = src.partition(",")
+        assert head in ("data:image/png;base64", "data:image/jpeg;base64"), head[:40]
+        images.append(Image.open(io.BytesIO(base64.b64decode(data))))
+    return images
+
+
+def _result(images):
+    import torch
+
+    from nbdiffuse.jobs.params import GenerationParams
+    from nbdiffuse.jobs.result import Result
+
+    n = len(images)
+    return Result(images=images, infotexts=[f"a photo\nSteps: 20, Seed: {i}" for i in range(n)],
+                  seeds=list(range(n)), subseeds=list(range(n)), latents=torch.zeros(n, 4, 1, 1),
+                  params=GenerationParams())
+
+
+def test_a_picture_that_fits_is_shown_losslessly(photo):
+    (shown,) = _shown(_bundle(_result([photo]))["text/html"])
+    assert shown.format == "PNG" and np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(photo))
+
+
+def test_a_batch_and_an_sdxl_sized_picture_stay_under_1_mb(photo):
+    for images in ([photo] * 4, [photo.resize((1024, 1024))], [photo] * 16):
+        data = _bundle(_result(images))
+        assert len(json.dumps(data)) < MAX_OUTPUT_BYTES, (len(images), images[0].size)
+        shown = _shown(data["text/html"])
+        assert len(shown) == len(images)
+        assert all(max(s.size) >= 128 for s in shown)  # smaller or lossy, never a thumbnail
+        assert "under 1 MB" in data["text/html"]  # says that the pictures shown are not the full PNGs
+        assert f"Seed: {len(images) - 1}" in data["text/html"]
+
+
+def test_a_large_grid_and_an_extras_upscale_stay_under_1_mb(toy, photo):
+    from nbdiffuse.jobs.extras import ExtrasResult
+
+    grid = toy.xyz(("Steps", "1, 2"), None, prompt="a red circle", show=False)
+    grid.grids = [photo.resize((2048, 2048))]  # a 4x4 grid of 512x512 cells
+    data = _bundle(grid)
+    assert len(json.dumps(data)) < MAX_OUTPUT_BYTES and len(_shown(data["text/html"])) == 1
+    upscaled = ExtrasResult(photo.resize((2048, 2048)), "Postprocess upscale by: 4, Postprocess upscaler: Lanczos")
+    data = _bundle(upscaled)
+    assert len(json.dumps(data)) < MAX_OUTPUT_BYTES
+    assert "Postprocess upscaler: Lanczos" in data["text/html"] and len(_shown(data["text/html"])) == 1

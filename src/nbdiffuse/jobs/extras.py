@@ -12,12 +12,15 @@ Face restoration (GFPGAN, CodeFormer) is not here yet.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+
+from ..io.inline import data_uri
 
 __all__ = ["ExtrasResult", "RESIZE_MODES", "extras_upscale", "limit_size_by_one_dimension",
            "open_picture", "postprocessing_infotext", "save_extras"]
@@ -42,12 +45,14 @@ class ExtrasResult:
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
 
-    def _repr_png_(self) -> bytes:
-        import io
-
-        buf = io.BytesIO()
-        self.image.save(buf, format="PNG")
-        return buf.getvalue()
+    def _repr_html_(self) -> str:
+        src, note = data_uri(self.image)  # an upscaled PNG is often several MB: keep the output under 1 MB
+        shown = (f'<div style="color:#6b7280">Shown as {html.escape(note)} to keep this output under 1 MB (.image '
+                 "and the saved file are the full PNG)</div>" if note else "")
+        warn = "".join(f'<div style="color:#b45309">&#9888; {html.escape(w)}</div>' for w in self.warnings)
+        return (f'<figure style="margin:4px"><img src="{src}" width="{self.image.width}" style="max-width:100%"/>'
+                f'<figcaption><pre style="white-space:pre-wrap;font-size:11px">{html.escape(self.infotext)}</pre>'
+                f"</figcaption></figure>{shown}{warn}")
 
 
 def limit_size_by_one_dimension(w: float, h: float, limit: float) -> tuple[int, int]:

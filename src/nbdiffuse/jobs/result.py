@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from ..io.inline import OUTPUT_BUDGET, data_uri
 from .params import GenerationParams
 
 
@@ -78,19 +77,22 @@ class Result:
         return line
 
     def _repr_html_(self) -> str:
-        cells = []
-        for image, text in zip(self.images, self.infotexts):
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            data = base64.b64encode(buf.getvalue()).decode("ascii")
+        cells, notes = [], []
+        for i, (image, text) in enumerate(zip(self.images, self.infotexts)):
+            src, note = data_uri(image, OUTPUT_BUDGET // max(len(self.images), 1))  # the output stays under 1 MB
+            if note is not None:
+                notes.append(f"image {i}: {note}")
             width = max(image.width, 256)
             cells.append(
                 f'<figure style="display:inline-block;margin:4px;vertical-align:top;max-width:{width}px">'
-                f'<img src="data:image/png;base64,{data}" style="image-rendering:pixelated;min-width:128px" '
+                f'<img src="{src}" style="image-rendering:pixelated;min-width:128px" '
                 f'width="{max(image.width, 128)}"/><figcaption><pre style="white-space:pre-wrap;font-size:11px">'
                 f"{html.escape(text)}</pre></figcaption></figure>")
         status = " (interrupted)" if self.interrupted else ""
         warn = "".join(f'<div style="color:#b45309">&#9888; {html.escape(w)}</div>' for w in self.warnings)
+        if notes:
+            warn += ('<div style="color:#6b7280">Shown smaller to keep this output under 1 MB (result.images and '
+                     f"the saved files are the full PNGs): {html.escape('; '.join(notes))}</div>")
         return (f"<div><b>{len(self.images)} image(s){status}</b> · {html.escape(self.info)}{warn}"
                 f"<div>{''.join(cells)}</div></div>")
 

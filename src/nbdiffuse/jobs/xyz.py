@@ -493,17 +493,18 @@ class GridResult:
         return self._resume()
 
     def _repr_html_(self) -> str:
-        import base64
+        from ..io.inline import OUTPUT_BUDGET, data_uri
 
         parts = [f"<div><b>X/Y/Z grid</b>: {self.done}/{len(self.plan.order)} cells"
                  f"{' (interrupted: call .resume())' if self.interrupted else ''}"
                  f"{f' on {html.escape(self.plan.executor)}' if self.plan.executor else ''}</div>"]
         parts += [f'<div style="color:#b45309">&#9888; {html.escape(n)}</div>' for n in self.notes]
         for g in self.grids:
-            buf = io.BytesIO()
-            g.save(buf, format="PNG")
-            parts.append(f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
-                         f'style="max-width:100%"/>')
+            src, note = data_uri(g, OUTPUT_BUDGET // max(len(self.grids), 1))  # the output stays under 1 MB
+            parts.append(f'<img src="{src}" style="max-width:100%"/>')
+            if note is not None:
+                parts.append(f'<div style="color:#6b7280">Shown as {html.escape(note)} to keep this output under '
+                             "1 MB (grid.grids and the saved grid are the full PNGs)</div>")
         return "".join(parts)
 
 
