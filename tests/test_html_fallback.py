@@ -24,7 +24,7 @@ MAX_OUTPUT_BYTES = 1_000_000
 
 # (cell id, code): the public API as a user writes it, progress bars on (tqdm picks its notebook widgets)
 CELLS = [
-    ("setup", "import nbdiffuse\nsession = nbdiffuse.Session(outputs_dir=None)\nsession.load('toy');"),
+    ("setup", "import nbdiffuse\nsession = nbdiffuse.Session(outputs_dir=None)\nsession.load('toy')"),
     ("txt2img", "result = session.txt2img(prompt='a red circle', seed=1, steps=4, batch_size=2, width=64, "
                 "height=64)\nresult"),
     ("xyz", "grid = session.xyz(('Steps', '2, 3'), ('Seed', '5, 6'), prompt='a blue square', width=64, height=64)\n"
@@ -183,6 +183,11 @@ def test_the_panel_says_what_to_call_where_widgets_do_not_render(executed, html_
     text = _text(html_outputs, "panel")
     assert "Jupyter widgets" in text and "result = session.txt2img(" in text and "prompt=''" in text
     assert "VBox(" not in text
+
+
+def test_loading_a_model_shows_one_line_not_every_module(html_outputs):
+    text = _text(html_outputs, "setup").strip()
+    assert "ModelBundle('toy', sd1, epsilon, native 64x64" in text and len(text) < 300 and "Conv2d" not in text
 
 
 def test_doctor_prints_its_report_from_a_kernel_with_this_ipywidgets(html_outputs):

@@ -79,6 +79,13 @@ class ModelBundle:
         h, w = (size, size) if isinstance(size, int) else size  # diffusers: an int, or (height, width)
         return int(w) * self.vae_scale_factor, int(h) * self.vae_scale_factor
 
+    def __repr__(self) -> str:
+        # one line: the dataclass's own repr printed every module (~100 KB of text under `session.load(...)`)
+        w, h = self.native_size
+        inpainting = ", inpainting" if self.is_inpainting else ""
+        return (f"ModelBundle({self.name!r}, {self.arch}, {self.prediction_type}{inpainting}, native {w}x{h}, "
+                f"path={self.path!r})")
+
     @property
     def device(self) -> torch.device:
         """Where the model runs (inputs go there): the execution device under medvram/lowvram, else the UNet's."""
