@@ -228,6 +228,48 @@ def test_a_killed_worker_loses_only_its_cell_which_is_retried_elsewhere(fan, lon
         assert_same_cell(a, b)
 
 
+def worker_pid(ex, w: int) -> int:
+    """The process of worker ``w``, once it answers (Ray may be starting it again)."""
+    end = time.monotonic() + 120
+    while True:
+        try:
+            return ray.get(ex.actors[w].info.remote())["pid"]
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_cell_whose_worker_dies_twice_is_left_empty_named_and_resumed_on_a_new_worker(fan, long_local):
+    session, ex = fan
+    pids = {w: worker_pid(ex, w) for w in range(2)}  # worker 0 was restarted above: a new process
+    killed = {}
+
+    def kill():
+        _wait(lambda: 0 in ex.running and 1 in ex.running)
+        key, _ = ex.running[0]
+        killed["key"] = key
+        os.kill(pids[0], signal.SIGKILL)  # its second death: Ray gives up on worker 0
+        if _wait(lambda: ex.running.get(1, (None,))[0] == key):  # the retry, on worker 1
+            os.kill(pids[1], signal.SIGKILL)
+            killed["again"] = True
+
+    t = threading.Thread(target=kill)
+    t.start()
+    grid = session.xyz(**LONG, executor=ex, show=False)
+    t.join()
+    assert killed.get("again")
+    ix, iy, iz = killed["key"]
+    assert grid.cells[ix][iy][iz] is None and grid.done == 7 and grid.interrupted
+    assert any("retried already, so it is left empty" in n for n in grid.notes), grid.notes
+    assert ex.deaths[0] == 2
+    grid.resume()  # a new worker 0 takes the place of the one Ray gave up on
+    assert ex.deaths[0] == 0 and grid.done == 8 and not grid.interrupted
+    for (key, a), (local_key, b) in zip(cells(grid), cells(long_local)):
+        assert key == local_key
+        assert_same_cell(a, b)
+
+
 def test_what_cannot_travel_is_refused_before_any_worker_runs(fan):
     session, ex = fan
     with pytest.raises(ValueError, match="the one executor is \"ray\""):

@@ -279,25 +279,35 @@ class RayExecutor:
         self._gpus = int(resources.get("GPU", 0))
         threads = None if self._gpus else self.cpus_per_worker
         spec = worker_spec(session, threads=threads)
-        if self.actors and spec == self._spec:
-            return self
-        self.shutdown(keep_ray=True)
-        count = self.requested or (self._gpus or max(1, int(resources.get("CPU", 1)) // self.cpus_per_worker))
         options = dict(num_gpus=1, num_cpus=1) if self._gpus else dict(num_cpus=self.cpus_per_worker)
         # max_concurrency=2: interrupt() runs beside run() (the driver sends at most one cell per worker);
         # max_restarts=1: a worker that dies is started once more, loading the model again.
         remote = ray.remote(max_concurrency=2, max_restarts=1, **options)(CellWorker)
+        if self.actors and spec == self._spec:
+            dead = [i for i, d in enumerate(self.deaths) if d > 1]
+            for i in dead:  # died twice: Ray gave up on it; a new one takes its place
+                self.actors[i], self.deaths[i] = remote.remote(spec, i), 0
+            if dead:
+                self._wait_ready(dead)
+            return self
+        self.shutdown(keep_ray=True)
+        count = self.requested or (self._gpus or max(1, int(resources.get("CPU", 1)) // self.cpus_per_worker))
         self.actors = [remote.remote(spec, i) for i in range(count)]
         self.deaths = [0] * count
-        infos = []
-        for i, ref in enumerate([a.info.remote() for a in self.actors]):
+        self.infos = [{}] * count
+        self._wait_ready(range(count))
+        self._spec = spec
+        return self
+
+    def _wait_ready(self, which) -> None:
+        """Wait until the workers ``which`` hold the model (their :meth:`CellWorker.info` answers)."""
+        ray = import_ray()
+        for i in which:
             try:
-                infos.append(ray.get(ref))
+                self.infos[i] = ray.get(self.actors[i].info.remote())
             except Exception as e:  # noqa: BLE001 - a worker that could not load: say which and why
                 self.shutdown(keep_ray=True)
                 raise RuntimeError(f"Ray worker {i} could not start: {_cause(e)}") from None
-        self.infos, self._spec = infos, spec
-        return self
 
     def shutdown(self, keep_ray: bool = True) -> None:
         """Stop the workers (and Ray itself, when ``keep_ray=False`` and this process started it)."""
@@ -349,8 +359,12 @@ class RayExecutor:
         queue = collections.deque((key, cell, None) for key, cell in items)  # (key, cell, worker to avoid)
         retried: set = set()
         live = [i for i in range(len(self.actors)) if self.deaths[i] <= 1]
-        idle = collections.deque(live)
+        idle = collections.deque(w for w in live if self.deaths[w] == 0)
         pending: dict = {}  # ObjectRef -> (worker, key, cell, submitted at)
+        # a worker Ray is starting again -> when to ask next whether it is back (one that died in an earlier run
+        # is asked first: a cell sent to a worker still loading would fail as if it had died)
+        restarting: dict[int, float] = {w: 0.0 for w in live if self.deaths[w] == 1}
+        probes: dict = {}  # ObjectRef of info() -> worker
         stopping = False
         self.running = {}
 
@@ -367,6 +381,21 @@ class RayExecutor:
                 pending[ref] = (choice, key, cell, time.perf_counter())
                 self.running[choice] = (key, time.perf_counter())
 
+        def probe():
+            now = time.monotonic()
+            for w, when in restarting.items():
+                if when <= now and w not in probes.values():
+                    probes[self.actors[w].info.remote()] = w
+                    restarting[w] = now + 0.5
+
+        def died(w: int) -> None:
+            self.deaths[w] += 1
+            restarting.pop(w, None)
+            if self.deaths[w] > 1:  # Ray restarts a worker once (max_restarts=1)
+                live.remove(w)
+            else:
+                restarting[w] = time.monotonic() + 0.5  # the model loads again: ask when it is back
+
         def stop():
             nonlocal stopping
             if not stopping:
@@ -380,31 +409,47 @@ class RayExecutor:
                 submit()
                 if control is not None and control.interrupt.is_set():
                     stop()
-                if not pending:
+                if not pending and not restarting:
                     if queue:  # nobody left to run them
                         notes.append(f"No Ray worker is left alive: {len(queue)} cell(s) were not generated "
                                      "(resume() starts new workers).")
                     break
+                probe()
                 try:
-                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)
+                    if pending or probes:
+                        ready, _ = ray.wait([*pending, *probes], num_returns=1, timeout=_POLL_S)
+                    else:
+                        ready = []
+                        time.sleep(_POLL_S)
                 except KeyboardInterrupt:
                     stop()
                     continue
                 for ref in ready:
+                    if ref in probes:
+                        w = probes.pop(ref)
+                        try:
+                            self.infos[w] = ray.get(ref)
+                        except ray.exceptions.ActorUnavailableError:
+                            continue  # still loading: asked again later
+                        except ray.exceptions.RayActorError:
+                            died(w)
+                            continue
+                        restarting.pop(w, None)
+                        idle.append(w)
+                        continue
                     w, key, cell, submitted = pending.pop(ref)
                     self.running.pop(w, None)
                     try:
                         result, worker_s = ray.get(ref)
-                    except ray.exceptions.RayActorError as e:
-                        self.deaths[w] += 1
-                        if self.deaths[w] > 1:
-                            live.remove(w)
-                        else:
-                            idle.append(w)  # Ray restarts it (the model loads again)
+                    except ray.exceptions.RayActorError as e:  # ActorDiedError, or ActorUnavailableError: Ray
+                        # restarts the worker (what a killed one gets while it is running a cell)
+                        died(w)
                         what = f"Ray worker {w} died while running cell {_label(key)} ({_cause(e)})"
-                        if key in retried or stopping:
-                            notes.append(f"{what}; it had been retried already, so it is left empty: "
-                                         "resume() tries it again." if not stopping else f"{what}.")
+                        if stopping:
+                            notes.append(f"{what}.")
+                        elif key in retried:
+                            notes.append(f"{what}; it had been retried already, so it is left empty: resume() "
+                                         "tries it again.")
                         else:
                             retried.add(key)
                             queue.appendleft((key, cell, w))
