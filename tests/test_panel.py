@@ -382,6 +382,38 @@ def test_xyz_tab_shows_the_plan_then_runs_the_grid(panel, session):
     assert "Steps" in panel.error  # the API's message, in the panel
 
 
+def test_xyz_tab_fills_the_grid_cell_by_cell_and_passes_the_ray_box_on(panel, session, monkeypatch):
+    small(panel, steps=2)
+    panel.w.xyz_axes[0].value, panel.w.xyz_values[0].value = "Steps", "1, 2, 3"
+    seen, shown = [], panel._grid_progress
+
+    def progress(grid):
+        shown(grid)
+        seen.append((grid.done, panel.w.progress.value, panel.w.progress.max, len(panel.w.xyz_grid.value)))
+
+    monkeypatch.setattr(panel, "_grid_progress", progress)
+    panel.w.xyz_run.click()
+    assert panel.wait(120).done == 3 and panel.error is None, panel.error
+    assert [s[:3] for s in seen[:3]] == [(1, 1, 3), (2, 2, 3), (3, 3, 3)] and all(s[3] > 0 for s in seen)
+    # the box asks the session for Ray workers (the session's call itself is tested in test_fanout.py)
+    calls = []
+    for name in ("xyz", "plan_xyz"):
+        original = getattr(session, name)
+        monkeypatch.setattr(session, name, lambda *a, _f=original, _n=name, **k: calls.append((_n, k["executor"]))
+                            or _f(*a, **{**k, "executor": None}))
+    panel.w.xyz_plan.click()
+    panel.w.xyz_run.click()
+    panel.wait(120)
+    panel.w.xyz_ray.value = True
+    assert panel.xyz_executor == "ray"
+    panel.w.xyz_plan.click()
+    panel.w.xyz_run.click()
+    panel.wait(120)
+    before, after = calls[:calls.index(("plan_xyz", "ray"))], calls[calls.index(("plan_xyz", "ray")):]
+    assert {e for _, e in before} == {None} and ("xyz", None) in before, calls
+    assert ("xyz", "ray") in after and panel.error is None, (calls, panel.error)
+
+
 def test_both_languages_label_everything():
     from nbdiffuse.ui.labels import EN, ZH
 

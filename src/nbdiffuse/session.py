@@ -1131,7 +1131,7 @@ class Session:
         return plan
 
     def xyz(self, x=None, y=None, z=None, *, limit_mp: float | None = 200.0, save_grid: bool = True,
-            show: bool = True, executor=None, **params):
+            show: bool | Callable = True, executor=None, **params):
         """Run an X/Y/Z grid: axes are ``(A1111 axis name, "value, string")`` or ``(name, [values])``.
 
         >>> grid = session.xyz(x=("Sampler", "Euler a, DPM++ 2M"), y=("CFG Scale", "3-9 (+3)"), prompt="a cat")
@@ -1139,6 +1139,7 @@ class Session:
         The grid shows inline and fills in cell by cell; an interrupted grid keeps its cells and can ``resume()``.
         ``executor="ray"`` (or a :class:`nbdiffuse.RayExecutor`) runs whole cells on Ray workers, one per GPU
         (:mod:`nbdiffuse.fanout`); they fill the grid as they finish, with the pictures a local run would make.
+        ``show``: a function instead of True is called with the GridResult after every cell (the panel's tab).
         """
         self._require_model()
         plan = self.plan_xyz(x, y, z, limit_mp=limit_mp if save_grid else None, estimate=False,
@@ -1161,7 +1162,7 @@ class Session:
         finally:
             self.progress = progress
 
-    def _run_grid(self, plan, save_grid: bool, show: bool, result=None, executor=None):
+    def _run_grid(self, plan, save_grid: bool, show: bool | Callable, result=None, executor=None):
         """Run (or resume) a planned grid with :func:`~nbdiffuse.jobs.xyz.run_xyz`: here, each cell is
         :meth:`_cell`, and the model the grid started with is loaded again afterwards, also when it was
         interrupted; with an ``executor``, the cells run on its workers and their images are saved here."""

@@ -550,7 +550,7 @@ __all__ = ["AXES", "Axis", "GridPlan", "GridResult", "assemble", "estimate_secon
 
 
 def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: str | os.PathLike | None = None,
-            progress: bool = True, save_grid: bool = True, show: bool = True,
+            progress: bool = True, save_grid: bool = True, show: bool | Callable = True,
             result: GridResult | None = None, run_cells: Callable | None = None) -> GridResult:
     """Generate the planned cells (skipping those already in ``result``), updating one inline display.
 
@@ -558,14 +558,18 @@ def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: 
     checkpoint/VAE the cell needs (``Session.xyz`` passes one that switches them and runs ``session.txt2img``).
     ``run_cells(items, notes)``, when given, runs the ``(key, cell)`` items elsewhere instead (an executor's: Ray
     workers), yielding ``(key, Result)`` as they finish, in any order, and appending what happened to ``notes``.
-    The grid images are saved under ``outputs_dir/txt2img-grids`` (None: not saved); ``progress`` shows a bar.
-    A cell left empty (interrupted, or lost with a worker) leaves the grid ``interrupted``: ``resume()`` runs it.
+    The grid images are saved under ``outputs_dir/txt2img-grids`` (None: not saved); ``progress`` shows a bar;
+    ``show``: True updates one inline display as cells arrive, a callable is called with the GridResult instead
+    (the panel's X/Y/Z tab). A cell left empty (interrupted, or lost with a worker) leaves the grid
+    ``interrupted``: ``resume()`` runs it.
     """
     (xa, xs), (ya, ys), (za, zs) = plan.axes
     if result is None:
         result = GridResult(plan, [[[None for _ in zs] for _ in ys] for _ in xs])
     result.interrupted = False
-    handle = _display_handle(plan.executor) if show else None
+    handle = _display_handle(plan.executor) if show is True else _Callback(show) if callable(show) else None
+    if isinstance(handle, _Callback):
+        handle.result = result
     todo = [key for key in plan.order if result.cells[key[0]][key[1]][key[2]] is None]
     items = [(key, plan.cells[key]) for key in todo]
     stream = run_cells(items, result.notes) if run_cells is not None else _one_by_one(generate, items)
@@ -600,6 +604,16 @@ def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: 
     result._resume = lambda: run_xyz(generate, plan, outputs_dir=outputs_dir, progress=progress,
                                      save_grid=save_grid, show=show, result=result)
     return result
+
+
+class _Callback:
+    """A display handle that hands the GridResult to a function (``run_xyz(show=fn)``)."""
+
+    def __init__(self, fn: Callable):
+        self.fn, self.result = fn, None
+
+    def update(self, shown) -> None:
+        self.fn(self.result)
 
 
 def _one_by_one(generate: Callable[[dict], Result], items: list) -> Iterator[tuple]:

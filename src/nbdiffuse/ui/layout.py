@@ -282,10 +282,11 @@ def build_panel(t: dict[str, str], upscalers: Sequence[str] = ("Latent",)) -> Si
                             style={"description_width": "80px"}, layout=w.Layout(width="60%")) for a in "XYZ"]
     ui.xyz_plan = w.Button(description=t["xyz_plan"])
     ui.xyz_run = w.Button(description=t["xyz_run"], button_style="primary")
+    ui.xyz_ray = w.Checkbox(value=False, description=t["xyz_ray"], indent=False)
     ui.xyz_info = w.HTML("")
     ui.xyz_grid = w.Image(format="png", layout=w.Layout(display="none", max_width="98%"))
     xyz = w.VBox([*(w.HBox([a, v]) for a, v in zip(ui.xyz_axes, ui.xyz_values)),
-                  w.HBox([ui.xyz_plan, ui.xyz_run]), ui.xyz_info, ui.xyz_grid])
+                  w.HBox([ui.xyz_plan, ui.xyz_run, ui.xyz_ray]), ui.xyz_info, ui.xyz_grid])
 
     # PNG info: paste an infotext or upload an A1111 PNG
     ui.paste_text = w.Textarea(placeholder="a red circle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, "

@@ -323,17 +323,35 @@ class Panel:
         return [(a.value, v.value) if a.value != "Nothing" else None
                 for a, v in zip(self.w.xyz_axes, self.w.xyz_values)]
 
+    @property
+    def xyz_executor(self) -> str | None:
+        """``"ray"`` when the X/Y/Z tab's "On Ray workers" box is ticked (:mod:`nbdiffuse.fanout`), else None."""
+        return "ray" if self.w.xyz_ray.value else None
+
     def plan_xyz(self, _button=None):
-        """``session.plan_xyz(x, y, z, **panel.params)``: the grid's numbers, shown before anything runs."""
+        """``session.plan_xyz(x, y, z, executor=panel.xyz_executor, **panel.params)``: the grid's numbers (and with
+        Ray, how many workers), shown before anything runs."""
         self._clear_error()
-        plan = self.session.plan_xyz(*self._xyz_spec(), **self.params)
+        plan = self.session.plan_xyz(*self._xyz_spec(), executor=self.xyz_executor, **self.params)
         self.w.xyz_info.value = plan._repr_html_()
         return plan
 
     def run_xyz(self, _button=None) -> None:
-        """``session.xyz(x, y, z, show=False, **panel.params)`` on the worker thread; the grid shows in the tab."""
+        """``session.xyz(x, y, z, executor=panel.xyz_executor, **panel.params)`` on the worker thread; the grid
+        fills in the tab as cells arrive (in any order from Ray workers); Stop keeps the finished cells."""
         x, y, z = self._xyz_spec()
-        self._start(lambda hooks, **p: self.session.xyz(x, y, z, show=False, **p), self.params, done=self._show_grid)
+        executor = self.xyz_executor
+        self._start(lambda hooks, **p: self.session.xyz(x, y, z, show=self._grid_progress, executor=executor, **p),
+                    self.params, done=self._show_grid)
+
+    def _grid_progress(self, grid) -> None:
+        """After each cell: the grid so far, and how many cells are done."""
+        total = len(grid.plan.order)
+        self.w.progress.max, self.w.progress.value = max(total, 1), grid.done
+        if grid.grid is not None:
+            self.w.xyz_grid.value = png_bytes(grid.grid)
+            self.w.xyz_grid.layout.display = ""
+        self.w.status.value = html.escape(self.t["xyz_progress"].format(done=grid.done, total=total))
 
     def _show_grid(self, grid) -> None:
         image = grid.grid
@@ -342,6 +360,8 @@ class Panel:
             self.w.xyz_grid.layout.display = ""
         key = "stopped" if grid.interrupted else "done"
         self.w.status.value = html.escape(self.t[key].format(n=grid.done, info="X/Y/Z plot"))
+        if grid.notes:  # what happened on the way (a Ray worker died, a cell was retried)
+            self.w.xyz_info.value = "<br/>".join(f"\u26a0 {html.escape(note)}" for note in grid.notes)
 
     def stop(self, _button=None) -> None:
         """Stop the running job after its current step (``session.interrupt()``); finished images are kept."""
