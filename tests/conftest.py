@@ -1,10 +1,20 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# A models_dir also lists this machine's Hugging Face cache, A1111's COMMANDLINE_ARGS folders and the
+# NBDIFFUSE_EXTRA_MODEL_PATHS yaml (models/folders.py): the tests see none of the machine's own
+# (tests/test_model_paths.py makes its own). Inherited by the kernels and Ray workers the tests start.
+os.environ["HF_HUB_CACHE"] = _EMPTY_HF_CACHE = tempfile.mkdtemp(prefix="nbdiffuse-tests-hf-")
+atexit.register(shutil.rmtree, _EMPTY_HF_CACHE, True)
+for _name in ("HUGGINGFACE_HUB_CACHE", "COMMANDLINE_ARGS", "NBDIFFUSE_EXTRA_MODEL_PATHS"):
+    os.environ.pop(_name, None)
 # The tiny test models are overhead-bound: one intra-op thread is as fast, and two threads per process thrash when
 # notebook kernels, JupyterLab and the browser test share the two cores. Inherited by the kernels we start.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
