@@ -38,3 +38,15 @@ def test_missing_helpers_say_not_available(monkeypatch):
 
 def test_no_models_folder_says_what_to_do(tmp_path):
     assert "pass Session(models_dir=...)" in D.check_models(models_dir=tmp_path / "nowhere")
+
+
+def test_the_ray_line_says_what_executor_ray_would_do_without_importing_ray(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(D, "_version", lambda name: None if name == "ray" else "1.0")
+    assert D.check_ray().startswith("not installed") and 'pip install "nbdiffuse[ray]"' in D.check_ray()
+    monkeypatch.setattr(D, "_version", lambda name: "2.60.0")
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    assert "starts a local Ray bound to 127.0.0.1" in D.check_ray()
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert "RAY_ADDRESS=10.0.0.5:6379: executor=\"ray\" joins that cluster" in D.check_ray()
+    assert "ray" not in sys.modules  # the check reads the installed version only

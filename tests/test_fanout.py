@@ -305,7 +305,7 @@ def test_the_one_gpu_path_never_imports_ray():
     code = ("import sys, nbdiffuse\n"
             "s = nbdiffuse.Session(outputs_dir=None, progress=False); s.load('toy')\n"
             "s.txt2img(prompt='a', steps=2, n_iter=2); s.xyz(x=('Steps', '1,2'), prompt='a', show=False)\n"
-            "s.plan_xyz(x=('Steps', '1,2'), prompt='a')\n"
+            "s.plan_xyz(x=('Steps', '1,2'), prompt='a'); import io; nbdiffuse.doctor(s, file=io.StringIO())\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'nbdiffuse.fanout'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

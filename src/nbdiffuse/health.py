@@ -7,6 +7,7 @@ Every check is independent and never raises: what it cannot find becomes a line 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,22 @@ def check_widgets(session=None) -> str:
                    "and reload the page)" if comms else "; the kernel has no comm support: update ipykernel")
 
 
+def check_ray(session=None) -> str:
+    """Whether grids and batches can fan out on Ray workers (``executor="ray"``); never imports or starts Ray."""
+    version = _version("ray")
+    if version is None:
+        return ("not installed: grids and batches run on this session's device (pip install \"nbdiffuse[ray]\" "
+                "for executor=\"ray\")")
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return f"ray {version}, initialised in this kernel: executor=\"ray\" uses it"
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        return f"ray {version}; RAY_ADDRESS={address}: executor=\"ray\" joins that cluster"
+    return (f"ray {version}; executor=\"ray\" starts a local Ray bound to 127.0.0.1 (one worker per GPU; "
+            "RAY_ADDRESS or ray.init(address=...) joins a cluster)")
+
+
 def check_models(session=None, models_dir=None) -> str:
     from .models.folders import ModelFolders
 
@@ -161,13 +178,14 @@ def check_disk(session=None, outputs_dir="outputs") -> str:
 
 CHECKS: dict[str, Callable] = {
     "torch": check_torch, "card": check_card, "precision": check_precision, "memory": check_memory,
-    "attention": check_attention, "widgets": check_widgets, "models": check_models, "disk": check_disk,
+    "attention": check_attention, "widgets": check_widgets, "ray": check_ray, "models": check_models,
+    "disk": check_disk,
 }
 
 
 def doctor(session=None, *, models_dir=None, outputs_dir="outputs", file=None) -> list[str]:
     """Print what this kernel can run: torch, CUDA and the driver, the card and its free memory, the dtypes and
-    memory mode ``auto`` would pick, attention back-ends and compile, ipywidgets and the front end, the models
+    memory mode ``auto`` would pick, attention back-ends and compile, ipywidgets and the front end, Ray, the models
     folder and free disk for outputs. Pass a ``session`` to check its settings. Never raises: a check that fails
     prints what it could not find. Returns the lines.
 
