@@ -166,6 +166,15 @@ def test_the_xyz_grid_picture_is_in_the_html(executed, html_outputs):
     assert "X/Y/Z grid" in _text(html_outputs, "xyz") and "4/4 cells" in _text(html_outputs, "xyz")
 
 
+def test_no_progress_bar_is_left_at_0_percent(executed, html_outputs):
+    nb, _ = executed
+    bars = [o for c in nb.cells if c.id in ("txt2img", "hires", "preview") for o in c.outputs
+            if o.output_type == "display_data" and "it/s" in repr(o)]
+    assert not bars, bars  # each job's bar went away (leave=False), in the saved outputs too
+    for cell in ("txt2img", "hires", "preview"):
+        assert "0%|" not in _text(html_outputs, cell)
+
+
 def test_a_viz_figure_shows_as_a_png(executed, html_outputs):
     nb, _ = executed
     (out,) = [o for c in nb.cells if c.id == "viz" for o in c.outputs if o.output_type == "execute_result"]

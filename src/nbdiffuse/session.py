@@ -675,9 +675,9 @@ class Session:
         """Drive a job generator to its Result, with a progress bar when ``self.progress``."""
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
+            from .jobs.progress import progress_bar  # tqdm.auto's, with an output right where widgets don't show
 
-            bar = tqdm(total=total, desc=desc, leave=False)
+            bar = progress_bar(total, desc, leave=False)
         run = StepRun(gen)
         try:
             for _ in run:
