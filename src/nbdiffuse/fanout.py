@@ -523,15 +523,15 @@ def merge_results(stream: Iterator[tuple], p, notes: list, *, progress: bool = T
     ``n_iter`` run returns it; shown in place as batches arrive. Interrupted batches are left out and make the
     Result ``interrupted``; what the executor noted (a worker died...) becomes its warnings."""
     import torch
-    from tqdm.auto import tqdm
 
+    from .jobs.progress import progress_bar
     from .jobs.result import Result
 
     start = time.perf_counter()
     parts: dict[int, object] = {}
     interrupted = False
     handle = _display(f"txt2img: {p.n_iter} batches on Ray workers…") if show else None
-    bar = tqdm(total=p.n_iter, desc="batches", disable=not progress, leave=False)
+    bar = progress_bar(p.n_iter, "batches", leave=False, disable=not progress)
 
     def merged():
         done = [parts[b] for b in sorted(parts)]

@@ -573,9 +573,9 @@ def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: 
     todo = [key for key in plan.order if result.cells[key[0]][key[1]][key[2]] is None]
     items = [(key, plan.cells[key]) for key in todo]
     stream = run_cells(items, result.notes) if run_cells is not None else _one_by_one(generate, items)
-    from tqdm.auto import tqdm
+    from .progress import progress_bar  # tqdm's, with an output right where widgets don't show
 
-    bar = tqdm(total=len(plan.order), initial=len(plan.order) - len(todo), desc="X/Y/Z grid", disable=not progress)
+    bar = progress_bar(len(plan.order), "X/Y/Z grid", initial=len(plan.order) - len(todo), disable=not progress)
     try:
         for (ix, iy, iz), r in stream:
             if r.interrupted:  # stopped part-way: not a cell of the grid
@@ -585,7 +585,7 @@ def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: 
             bar.update(1)
             if handle is not None:
                 result.grids = assemble(result)
-                handle.update(result.grids[0] if len(result.grids) == 1 else result)
+                handle.update(result)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
@@ -594,7 +594,7 @@ def run_xyz(generate: Callable[[dict], Result], plan: GridPlan, *, outputs_dir: 
     result.interrupted = result.interrupted or result.done < len(plan.order)
     result.grids = assemble(result)
     if handle is not None:
-        handle.update(result.grids[0] if len(result.grids) == 1 else result)
+        handle.update(result)
     if save_grid and not result.interrupted and outputs_dir is not None and result.infotext:
         from ..io.outputs import save_image
 
