@@ -301,15 +301,20 @@ def test_a_worker_refuses_a_model_file_that_is_not_the_drivers(fan):
         CellWorker(wrong, 3)
 
 
+def python_out(code: str) -> str:
+    """The stdout of ``code`` run in a fresh Python, which must succeed."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_the_one_gpu_path_never_imports_ray():
     code = ("import sys, nbdiffuse\n"
             "s = nbdiffuse.Session(outputs_dir=None, progress=False); s.load('toy')\n"
             "s.txt2img(prompt='a', steps=2, n_iter=2); s.xyz(x=('Steps', '1,2'), prompt='a', show=False)\n"
             "s.plan_xyz(x=('Steps', '1,2'), prompt='a'); import io; nbdiffuse.doctor(s, file=io.StringIO())\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'nbdiffuse.fanout'))))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert python_out(code).strip().splitlines()[-1] == "[]"
 
 
 def test_without_ray_the_error_says_how_to_install_it():
@@ -318,9 +323,7 @@ def test_without_ray_the_error_says_how_to_install_it():
             "s = nbdiffuse.Session(outputs_dir=None, progress=False); s.load('toy')\n"
             "try:\n    s.xyz(x=('Steps', '1,2'), prompt='a', executor='ray')\n"
             "except ImportError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert 'pip install "nbdiffuse[ray]"' in out.stdout
+    assert 'pip install "nbdiffuse[ray]"' in python_out(code)
 
 
 def test_the_fanout_benchmark_runs(fan):
