@@ -298,14 +298,11 @@ class Session:
         ``NBDIFFUSE_EXTRA_MODEL_PATHS`` when there is one (a platform's data disk), else ``None`` (no models by
         name; the Hugging Face cache is read only with a ``models_dir``, which may also be that cache)."""
         if self._folders is None:
-            from .models.folders import ModelFolders
+            from .models.folders import ModelFolders, env_extra_model_paths
 
             where = self.models_dir
             if where is None:
-                import os
-
-                env = [Path(p.strip()).expanduser() for p in os.environ.get("NBDIFFUSE_EXTRA_MODEL_PATHS", "")
-                       .split(os.pathsep) if p.strip()]
+                env = env_extra_model_paths()
                 where = env[0] if env and env[0].is_file() else None
             if where is None:
                 return None

@@ -276,6 +276,13 @@ def _commandline_args(root: Path) -> tuple[str, str] | None:
     return None
 
 
+def env_extra_model_paths() -> list[Path]:
+    """The ``extra_model_paths.yaml`` files named by ``NBDIFFUSE_EXTRA_MODEL_PATHS`` (``os.pathsep``-separated), in
+    order, whether or not they exist."""
+    return [Path(p.strip()).expanduser() for p in os.environ.get("NBDIFFUSE_EXTRA_MODEL_PATHS", "").split(os.pathsep)
+            if p.strip()]
+
+
 def hf_hub_cache() -> Path:
     """Where the Hugging Face hub cache is, as huggingface_hub decides it, read from the environment now (its
     constants are fixed at import): ``HF_HUB_CACHE``, ``HUGGINGFACE_HUB_CACHE``, ``HF_HOME/hub``,
@@ -376,9 +383,8 @@ class ModelFolders:
             src.label += f": {' '.join(f'{k} {v}' for k, v in flags.items())}" if flags else ": no folder flags"
             self.sources.append(src)
         self.sources.append(ModelSource(f"models_dir {self.root}", folders=own))
-        for var in os.environ.get("NBDIFFUSE_EXTRA_MODEL_PATHS", "").split(os.pathsep):
-            extra = Path(var.strip()).expanduser()
-            if var.strip() and _norm(extra) not in {_norm(y) for y in yamls}:
+        for extra in env_extra_model_paths():
+            if _norm(extra) not in {_norm(y) for y in yamls}:
                 yamls.append(extra)
         for yaml_file in yamls:
             if not yaml_file.is_file():  # named by NBDIFFUSE_EXTRA_MODEL_PATHS
