@@ -116,9 +116,8 @@ class WorkerSpec:
     threads: int | None = None  # torch threads of a CPU worker
 
 
-def _file_sha256(path: str) -> str | None:
-    """The full sha256 of a model file, or of a diffusers folder's files (each file's sha256, in name order);
-    None for the embedded toy model names (the package's own file: hashed below)."""
+def _file_sha256(path: str) -> str:
+    """The full sha256 of a model file, or of a diffusers folder's files (each file's sha256, in name order)."""
     from .models.hashing import sha256
 
     p = Path(path)
@@ -145,10 +144,13 @@ def _model_file(bundle) -> str:
     return str(bundle.path)
 
 
-def _toy_path(name: str) -> str:
+def _model_path(model: str) -> str:
+    """The file behind a WorkerSpec's model: itself, or for ``"toy"``/``"toy-inpainting"`` the package's own."""
+    if model not in ("toy", "toy-inpainting"):
+        return model
     from .toy import CHECKPOINT_NAME, INPAINTING_CHECKPOINT_NAME, WEIGHTS_DIR
 
-    return str(Path(WEIGHTS_DIR) / (INPAINTING_CHECKPOINT_NAME if name == "toy-inpainting" else CHECKPOINT_NAME))
+    return str(Path(WEIGHTS_DIR) / (INPAINTING_CHECKPOINT_NAME if model == "toy-inpainting" else CHECKPOINT_NAME))
 
 
 def worker_spec(session, *, threads: int | None = None) -> WorkerSpec:
@@ -158,7 +160,7 @@ def worker_spec(session, *, threads: int | None = None) -> WorkerSpec:
         raise ValueError("executor='ray': session.hooks run in this kernel; workers cannot call them. Fix: "
                          "session.hooks.clear() for the fan-out, or run without executor.")
     model = _model_file(bundle)
-    digest = _file_sha256(_toy_path(model) if model in ("toy", "toy-inpainting") else model)
+    digest = _file_sha256(_model_path(model))
     vae_path = vae_digest = None
     if session._original_vae is not None:  # load_vae() swapped another VAE in
         vae_path = bundle.info.get("vae")
@@ -194,7 +196,7 @@ class CellWorker:
             self.session.upscalers.register(name, path)
         if spec.compile is not None:
             self.session.compile(**spec.compile)
-        path = _toy_path(spec.model) if spec.model in ("toy", "toy-inpainting") else spec.model
+        path = _model_path(spec.model)
         found = _file_sha256(path)
         if found != spec.sha256:
             raise ValueError(f"worker {index} on {socket.gethostname()}: {path} is not the driver's model file "
