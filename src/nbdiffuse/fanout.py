@@ -312,7 +312,7 @@ class RayExecutor:
                 raise RuntimeError(f"Ray worker {i} could not start: {_cause(e)}") from None
 
     def shutdown(self, keep_ray: bool = True) -> None:
-        """Stop the workers (and Ray itself, when ``keep_ray=False`` and this process started it)."""
+        """Stop the workers (and, with ``keep_ray=False``, this process's connection to Ray: ``ray.shutdown()``)."""
         if self.actors:
             ray = import_ray()
             for actor in self.actors:
